@@ -1,0 +1,201 @@
+"""Classifier networks: WRN-28-k (FixMatch), ResNet-18 and the 13-layer ConvNet (cnn13).
+
+All models are Keras functional models mapping float32 images (N, H, W, C) with pixel
+values in [-1, 1] to float32 logits (N, nclass). Layers follow the global
+`keras.mixed_precision` policy; the final dense layer is always float32 so logits are too.
+
+Shared conventions:
+- Batch norm: momentum 0.999, epsilon 1e-3 (Keras momentum has the usual meaning:
+  moving = momentum * moving + (1 - momentum) * batch).
+- Conv kernels: He normal with fan-out, untruncated; dense kernels: Glorot normal.
+- Convolutions have no bias: every convolution is followed, directly or through the
+  residual stream, only by batch norm, which removes any per-channel constant, so a
+  bias would add parameters without changing what the network can compute.
+- Weight decay applies to conv and dense kernels only: exactly the variables whose path
+  ends in 'kernel' (see `decay_variables`).
+"""
+import dataclasses
+import math
+
+import keras
+
+from libml.utils import UserError
+
+BN_MOMENTUM = 0.999
+BN_EPSILON = 1e-3
+LEAK = 0.1
+ARCHS = ('wrn', 'resnet18', 'cnn13')
+
+
+def conv_init():
+    """He normal initializer with fan-out (std = sqrt(2 / (k * k * out_channels))), untruncated."""
+    return keras.initializers.VarianceScaling(2.0, 'fan_out', 'untruncated_normal')
+
+
+def conv(x, filters, kernel, stride=1, padding='same', name=None):
+    """Bias-free 2-D convolution with fan-out He init; returns (N, H/stride, W/stride, filters)."""
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+                               kernel_initializer=conv_init(), name=name)(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+    """Batch-norm settings shared by every BN layer of a model."""
+    momentum: float = BN_MOMENTUM
+    synchronized: bool = False  # cross-replica batch statistics under tf.distribute
+
+
+def bn(x, norm, name=None):
+    """Batch norm over the channel axis (epsilon 1e-3, momentum norm.momentum); shape unchanged."""
+    return keras.layers.BatchNormalization(momentum=norm.momentum, epsilon=BN_EPSILON,
+                                           synchronized=norm.synchronized, name=name)(x)
+
+
+def bn_lrelu(x, norm, name):
+    """Batch norm then leaky ReLU (slope 0.1); shape unchanged. Layers: `name`_bn, `name`_act."""
+    x = bn(x, norm, name + '_bn')
+    return keras.layers.LeakyReLU(negative_slope=LEAK, name=name + '_act')(x)
+
+
+def head(x, nclass, dropout, name='logits'):
+    """Global average pool, optional dropout, float32 dense: (N, H, W, C) -> (N, nclass) float32."""
+    x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name='head_dropout')(x)
+    return keras.layers.Dense(nclass, kernel_initializer=keras.initializers.GlorotNormal(),
+                              dtype='float32', name=name)(x)
+
+
+def auto_scales(shape):
+    """Number of WRN stages for an (H, W, C) image: ceil(log2(W)) - 2 (3 for 32 px, 5 for 96 px)."""
+    return int(math.ceil(math.log2(shape[1]))) - 2
+
+
+# ----------------------------------------------------------------------------- WRN
+
+def wrn_block(x, filters, stride, norm, name):
+    """Pre-activation residual block: (N, H, W, Cin) -> (N, H/stride, W/stride, filters).
+
+    Main path: BN -> leaky ReLU -> conv3x3(stride) -> BN -> leaky ReLU -> conv3x3.
+    When the width (or resolution) changes, the shortcut is a 1x1 conv with the block's
+    stride applied to the *pre-activated* input (output of the first BN + leaky ReLU), the
+    standard pre-activation design; otherwise the shortcut is the raw input.
+    """
+    act = bn_lrelu(x, norm, name + '_1')
+    y = conv(act, filters, 3, stride, name=name + '_conv1')
+    y = bn_lrelu(y, norm, name + '_2')
+    y = conv(y, filters, 3, name=name + '_conv2')
+    if x.shape[-1] != filters or stride != 1:
+        x = conv(act, filters, 1, stride, name=name + '_shortcut')
+    return keras.layers.Add(name=name + '_add')([x, y])
+
+
+def wrn(nclass, shape, filters, scales, repeat, norm, dropout):
+    """WRN (FixMatch layout): stem conv to 16 channels, `scales` stages of `repeat` blocks.
+
+    Stage s has `filters << s` channels; its first block has stride 2 for s > 0. Stage
+    outputs are the Add layers named 'stage{s}_block{repeat-1}_add'. Name: wrn{depth}_{k},
+    depth = 2 * repeat * scales + 4 (28 for the standard 3 x 4 layout), k = filters / 16.
+    """
+    inputs = keras.Input(shape=shape, dtype='float32', name='images')
+    x = conv(inputs, 16, 3, name='stem_conv')
+    for s in range(scales):
+        for b in range(repeat):
+            stride = 2 if s > 0 and b == 0 else 1
+            x = wrn_block(x, filters << s, stride, norm, f'stage{s}_block{b}')
+    x = bn_lrelu(x, norm, 'head')
+    name = f'wrn{2 * repeat * scales + 4}_{filters / 16:g}'.replace('.', 'p')
+    return keras.Model(inputs, head(x, nclass, dropout), name=name)
+
+
+# ----------------------------------------------------------------------------- ResNet-18
+
+def basic_block(x, filters, stride, norm, name):
+    """ResNet BasicBlock (post-activation, ReLU): (N, H, W, Cin) -> (N, H/stride, W/stride, C).
+
+    C = filters. conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus shortcut (1x1 conv(stride)
+    + BN when the shape changes, identity otherwise), then ReLU.
+    """
+    y = conv(x, filters, 3, stride, name=name + '_conv1')
+    y = keras.layers.ReLU(name=name + '_relu1')(bn(y, norm, name + '_bn1'))
+    y = bn(conv(y, filters, 3, name=name + '_conv2'), norm, name + '_bn2')
+    if x.shape[-1] != filters or stride != 1:
+        x = conv(x, filters, 1, stride, name=name + '_shortcut')
+        x = bn(x, norm, name + '_shortcut_bn')
+    x = keras.layers.Add(name=name + '_add')([x, y])
+    return keras.layers.ReLU(name=name + '_relu2')(x)
+
+
+def resnet18(nclass, shape, norm, dropout):
+    """Standard ResNet-18: BasicBlocks [2, 2, 2, 2] with widths 64/128/256/512 (fixed; `filters`
+    is not used). Stem: 3x3 conv stride 1 (CIFAR style) when min(H, W) < 64, else 7x7 conv
+    stride 2 + 3x3 max-pool stride 2 (ImageNet style). Output stride 8 (CIFAR) or 32.
+    """
+    inputs = keras.Input(shape=shape, dtype='float32', name='images')
+    if min(shape[0], shape[1]) < 64:
+        x = conv(inputs, 64, 3, name='stem_conv')
+    else:
+        x = conv(inputs, 64, 7, 2, name='stem_conv')
+    x = keras.layers.ReLU(name='stem_relu')(bn(x, norm, 'stem_bn'))
+    if min(shape[0], shape[1]) >= 64:
+        x = keras.layers.MaxPooling2D(3, 2, padding='same', name='stem_pool')(x)
+    for s in range(4):
+        for b in range(2):
+            x = basic_block(x, 64 << s, 2 if s > 0 and b == 0 else 1, norm, f'stage{s}_block{b}')
+    return keras.Model(inputs, head(x, nclass, dropout), name='resnet18')
+
+
+# ----------------------------------------------------------------------------- cnn13
+
+def cnn13_layer(x, filters, kernel, norm, name, padding='same'):
+    """conv (no bias) -> BN -> leaky ReLU(0.1); spatial size kept ('same') or shrunk by kernel-1."""
+    return bn_lrelu(conv(x, filters, kernel, padding=padding, name=name + '_conv'), norm, name)
+
+
+def cnn13(nclass, shape, norm, dropout):
+    """13-layer ConvNet ("conv-large", Laine & Aila / Mean Teacher) with batch norm.
+
+    3 x conv3x3 128 -> maxpool 2 -> dropout 0.5 -> 3 x conv3x3 256 -> maxpool 2 -> dropout 0.5
+    -> conv3x3 512 valid -> conv1x1 256 -> conv1x1 128 -> global average pool -> dense.
+    Dropout layers draw from Keras's own seeded RNG (keras.utils.set_random_seed).
+    """
+    inputs = keras.Input(shape=shape, dtype='float32', name='images')
+    x = inputs
+    for stage, width in enumerate((128, 256)):
+        for i in range(3):
+            x = cnn13_layer(x, width, 3, norm, f'stage{stage}_{i}')
+        x = keras.layers.MaxPooling2D(2, 2, name=f'stage{stage}_pool')(x)
+        x = keras.layers.Dropout(0.5, name=f'stage{stage}_dropout')(x)
+    x = cnn13_layer(x, 512, 3, norm, 'stage2_0', padding='valid')
+    x = cnn13_layer(x, 256, 1, norm, 'stage2_1')
+    x = cnn13_layer(x, 128, 1, norm, 'stage2_2')
+    return keras.Model(inputs, head(x, nclass, dropout), name='cnn13')
+
+
+# ----------------------------------------------------------------------------- public API
+
+def create_model(arch, nclass, shape, filters=32, scales=0, repeat=4, sync_bn=False, dropout=0.0,
+                 bn_momentum=BN_MOMENTUM):
+    """Builds `arch` for (H, W, C) float32 images in [-1, 1]; returns a keras.Model giving
+    float32 logits (N, nclass).
+
+    filters/scales/repeat apply to 'wrn' only (scales=0: automatic, see `auto_scales`).
+    dropout > 0 adds dropout with that rate before the final dense layer. sync_bn=True
+    uses cross-replica batch statistics under tf.distribute; bn_momentum is the decay of the
+    batch-norm moving statistics.
+    """
+    shape = tuple(int(d) for d in shape)
+    norm = Norm(bn_momentum, sync_bn)
+    if arch == 'wrn':
+        scales = scales or auto_scales(shape)
+        return wrn(nclass, shape, filters, scales, repeat, norm, dropout)
+    if arch == 'resnet18':
+        return resnet18(nclass, shape, norm, dropout)
+    if arch == 'cnn13':
+        return cnn13(nclass, shape, norm, dropout)
+    raise UserError(f'Unknown architecture {arch!r}; valid choices: {", ".join(ARCHS)}.')
+
+
+def decay_variables(model):
+    """The variables weight decay applies to: every conv and dense kernel (no biases, no BN)."""
+    return [v for v in model.trainable_variables if v.path.split('/')[-1] == 'kernel']

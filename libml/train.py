@@ -1,0 +1,459 @@
+"""The training loop shared by every algorithm.
+
+An algorithm (one entry script each) subclasses `Algorithm`: it declares its settings, the
+augmented views it needs and its loss. Everything else lives here:
+
+  model      one Keras model; every step sends the labeled + unlabeled views of a replica
+             through ONE forward pass in training mode, so batch-norm statistics cover all of it;
+  optimizer  SGD, Nesterov momentum 0.9, lr(t) = lr * cos(7 pi/16 * t/T), t/T the fraction of
+             training done; loss += wd * sum(w^2)/2 over conv and dense kernels;
+  EMA        w_ema <- decay * w_ema + (1 - decay) * w after every step; every evaluation uses the
+             EMA weights (batch-norm moving statistics are shared with the raw model);
+  schedule   counted in thousands of labeled images (kimg): train_kimg, report_kimg (one
+             "epoch": evaluate + log), save_kimg (checkpoint);
+  state      checkpoints of weights, EMA, optimizer, step and every algorithm variable through
+             tf.train.CheckpointManager (TF writes the data files then renames the index into
+             place: a killed run resumes from its last complete checkpoint). Batches and
+             augmentations are a function of (seed, step), so a resumed run sees exactly what an
+             uninterrupted one would;
+  devices    a tf.distribute strategy: MirroredStrategy when several GPUs are visible (or logical
+             CPUs are configured), the default strategy otherwise. Each replica gets its slice of
+             every part of the global batch (labeled, weak, strong).
+
+Run directory: <train_dir>/<dataset>/<algorithm and its non-default settings>/ with args.json,
+tf/ (TensorBoard events and checkpoints) and stats/ (one JSON line of metrics per epoch).
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import keras
+from absl import flags
+from absl import logging
+
+from libml import augment
+from libml import data
+from libml import metrics
+from libml import models
+from libml import settings as settings_lib
+from libml import utils
+from libml.settings import Param
+
+COMMON_PARAMS = dict(
+    dataset=Param('cifar10.3@250-1', 'Training data: target.seed@size-valid, e.g. cifar10.1@40-1, '
+                  'cifar10_LT_20.1@20-1, fashion_mnist.1@40-1.', identity=False),
+    train_dir=Param('./experiments', 'Folder of the runs: <train_dir>/<dataset>/<algorithm_settings>/.',
+                    identity=False),
+    local=Param(False, 'One switch for a small run on a CPU: a narrow, shallow WRN and a short schedule '
+                '(the paper settings stay the defaults).'),
+    arch=Param('wrn', 'Model architecture.', choices=('wrn', 'resnet18', 'cnn13')),
+    filters=Param(32, 'WRN width: stage s has filters << s channels (32 = WRN-28-2, 128 = WRN-28-8).', local=16),
+    scales=Param(0, 'WRN stages; 0 = ceil(log2(image width)) - 2 (3 at 32 px, 5 at 96 px).'),
+    repeat=Param(4, 'Residual blocks per WRN stage (4 = WRN-28).', local=2),
+    bn_momentum=Param(0.999, 'Decay of the batch-norm moving statistics used at evaluation.', local=0.99),
+    sync_bn=Param(False, 'Batch-norm statistics over the whole global batch (all replicas) instead of per replica.'),
+    batch=Param(64, 'Labeled images per step, over all devices.', local=32),
+    lr=Param(0.03, 'Learning rate at the start; lr * cos(7 pi/16 * t/T) after a fraction t/T of training.'),
+    wd=Param(5e-4, 'Weight decay: adds wd * sum(w^2)/2 over conv and dense kernels to the loss.'),
+    ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).'),
+    seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.'),
+    train_kimg=Param(1 << 16, 'Training length in thousands of labeled images (1<<16 kimg = 2^20 steps of 64).',
+                     local=24),
+    report_kimg=Param(64, 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
+                      identity=False, local=2),
+    save_kimg=Param(64, 'Save a checkpoint every this many kimg.', identity=False, local=2),
+    keep_ckpt=Param(10, 'Number of checkpoints kept.', identity=False),
+    devicenum=Param(0, 'Number of devices to train on (0 = all visible GPUs; one CPU without GPU).',
+                    identity=False),
+    steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False),
+    eval_batch=Param(500, 'Images per evaluation batch.', identity=False),
+)
+EVAL_SPLITS = ('train_labeled', 'valid', 'test')
+LOG_NAMES = {'losses/xe': 'xe', 'losses/xeu': 'xeu', 'monitors/mask': 'mask'}
+
+
+class TrainingDiverged(utils.UserError):
+    """The loss became NaN or infinite."""
+
+
+class Algorithm:
+    """One SSL method: its settings (`params`), the views it trains on and its loss.
+
+    A subclass sets `params` and implements `loss`; `views` tells which augmented images each
+    step receives (see `views`).
+    """
+    params = {}
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.settings = trainer.settings
+        self.nclass = trainer.data.nclass
+
+    @classmethod
+    def all_params(cls):
+        return {**COMMON_PARAMS, **cls.params}
+
+    @classmethod
+    def run(cls, **settings):
+        """Trains with these settings (keyword arguments, same names as the flags) and returns
+        the run's final metrics. For notebooks: no flag parsing involved."""
+        return Trainer(cls, settings_lib.resolve(cls.all_params(), settings)).train()
+
+    def views(self):
+        """(labeled views, unlabeled views): dicts of name -> fn(images in [0,1], seed) built from
+        --augment=L.W.S: labeled 'x', unlabeled 'u_weak' and 'u_strong'."""
+        labeled, weak, strong = augment.parse_augment(self.settings.augment)
+        make = self.trainer.view_fn
+        return {'x': make(labeled)}, {'u_weak': make(weak), 'u_strong': make(strong)}
+
+    def build(self):
+        """Creates the algorithm's own state (called inside the strategy scope). Returns a dict
+        of trackables (tf.Variable / tf.Module) to checkpoint."""
+        return {}
+
+    def forward(self, *parts, training=True):
+        """Logits of several image batches through ONE forward pass (shared batch-norm statistics)."""
+        logits = self.trainer.model(tf.concat(parts, 0), training=training)
+        return tf.split(logits, [tf.shape(p)[0] for p in parts], 0)
+
+    def loss(self, batch, step):
+        """(scalar loss averaged over this replica's batch, dict of scalar logs)."""
+        raise NotImplementedError
+
+
+class EMA(tf.Module):
+    """Exponential moving average of variables: avg <- decay * avg + (1 - decay) * value."""
+
+    def __init__(self, variables, decay):
+        super().__init__(name='ema')
+        self.decay = decay
+        self.averages = [tf.Variable(v.value, trainable=False, name=v.path.replace('/', '_'),
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA) for v in variables]
+
+    def update(self, variables):
+        for average, value in zip(self.averages, variables):
+            average.assign(self.decay * average + (1 - self.decay) * value.value)
+
+
+def cosine_lr(lr, progress):
+    """lr * cos(7 pi/16 * progress), progress = fraction of training done, clipped to [0, 1]."""
+    return lr * tf.cos(7 * math.pi / 16 * tf.clip_by_value(progress, 0., 1.))
+
+
+def weight_l2(variables):
+    """sum(w^2) / 2 over the given variables (tf.nn.l2_loss summed)."""
+    return tf.add_n([tf.nn.l2_loss(v.value) for v in variables])
+
+
+def make_strategy(devicenum=0):
+    """MirroredStrategy over the visible GPUs (or configured logical CPUs) when there are several,
+    else the default strategy. devicenum caps the number of devices (0 = all)."""
+    devices = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
+    if devicenum:
+        devices = devices[:devicenum]
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def split_for_replicas(stream, context):
+    """Per-replica elements of a stream of global batches: replica r of R gets slice r of every
+    tensor's first axis. Yields, for each step, the slices of this input pipeline's replicas."""
+    replicas = context.num_replicas_in_sync
+    if replicas == 1:
+        return stream
+    local = replicas // context.num_input_pipelines
+    first = context.input_pipeline_id * local
+
+    def split(batch):
+        return {k: tf.stack(tf.split(v, replicas)[first:first + local]) for k, v in batch.items()}
+    return stream.map(split).unbatch()
+
+
+def image_grid(rows, columns=8):
+    """One image (1, rows*H, columns*W, C) in [0, 1] from a list of image batches in [-1, 1]."""
+    lines = [tf.concat(tf.unstack(r[:columns]), axis=1) for r in rows]
+    return (tf.concat(lines, axis=0)[None] + 1) / 2
+
+
+class Trainer:
+    """Holds the model, optimizer, EMA, data and run directory of one training run."""
+
+    def __init__(self, algorithm_cls, settings):
+        self.settings = settings
+        self.params = algorithm_cls.all_params()
+        self.data = data.load(settings.dataset)
+        self.run_dir = os.path.join(settings.train_dir, str(self.data.name),
+                                    settings_lib.run_name(algorithm_cls.__name__, self.params, settings))
+        self.check_settings(algorithm_cls.__name__)
+        self.strategy = make_strategy(settings.devicenum)
+        replicas = self.strategy.num_replicas_in_sync
+        if settings.batch % replicas:
+            raise utils.UserError(f'--batch={settings.batch} does not split evenly over {replicas} devices; '
+                                  f'use a multiple of {replicas}')
+        self.steps_total = settings.train_kimg * 1024 // settings.batch
+        self.steps_report = max(1, settings.report_kimg * 1024 // settings.batch)
+        self.steps_save = max(1, settings.save_kimg * 1024 // settings.batch)
+        keras.utils.set_random_seed(settings.seed)
+        with self.strategy.scope():
+            info = self.data.info
+            self.model = models.create_model(settings.arch, info.nclass, info.shape, filters=settings.filters,
+                                             scales=settings.scales, repeat=settings.repeat,
+                                             bn_momentum=settings.bn_momentum, sync_bn=settings.sync_bn)
+            self.decay_variables = models.decay_variables(self.model)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step',
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='bad_step',
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.optimizer = keras.optimizers.SGD(learning_rate=self.learning_rate, momentum=0.9, nesterov=True)
+            self.optimizer.build(self.model.trainable_variables)
+            self.ema = EMA(self.model.trainable_variables, settings.ema) if settings.ema else None
+            self.algorithm = algorithm_cls(self)
+            algorithm_state = self.algorithm.build()
+        state = dict(model=self.model, optimizer=self.optimizer, step=self.step, algorithm=algorithm_state)
+        if self.ema:
+            state['ema'] = self.ema
+        self.checkpoint = tf.train.Checkpoint(**state)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.run_dir, 'tf'),
+                                                  max_to_keep=settings.keep_ckpt, checkpoint_name='ckpt')
+        self.labeled_views, self.unlabeled_views = self.algorithm.views()
+        self.writer = tf.summary.create_file_writer(os.path.join(self.run_dir, 'tf'))
+        self.train_call = tf.function(self._train_call)
+        self.predict_raw = tf.function(lambda x: self.model(x, training=False))
+        self.predict_ema = tf.function(lambda x: self.model.stateless_call(
+            self.ema.averages, self.model.non_trainable_variables, x, training=False)[0])
+
+    # ---- settings and run directory
+
+    def check_settings(self, algorithm_name):
+        """Writes args.json, or refuses to resume a run directory made with other settings."""
+        path = os.path.join(self.run_dir, 'args.json')
+        saved = dict(self.settings, algorithm=algorithm_name)
+        if os.path.exists(path):
+            previous = utils.read_json(path, 'run settings')
+            diffs = settings_lib.identity_differences(self.params, previous, self.settings)
+            if diffs:
+                text = ', '.join(f'{name}: {old!r} -> {new!r}' for name, old, new in diffs)
+                raise utils.UserError(f'run directory {self.run_dir} was made with different settings ({text}); '
+                                      f'resume with the same settings or choose another --train_dir')
+        utils.write_json(path, saved)
+
+    def view_fn(self, code):
+        """fn(images in [0, 1], seed) of one --augment code for this dataset."""
+        return augment.view_fn(code, flip=self.data.info.flip, pad=self.data.info.pad)
+
+    def learning_rate(self):
+        progress = tf.cast(self.step, tf.float32) / max(self.steps_total, 1)
+        return cosine_lr(self.settings.lr, progress)
+
+    # ---- training
+
+    def _replica_step(self, batch):
+        with tf.GradientTape() as tape:
+            loss, logs = self.algorithm.loss(batch, self.step)
+            l2 = weight_l2(self.decay_variables)
+            total = loss + self.settings.wd * l2
+            scaled = total / self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        if self.ema:
+            self.ema.update(variables)
+        logs = {**logs, 'losses/wd': l2, 'monitors/lr': self.learning_rate()}
+        return logs, tf.cast(~tf.math.is_finite(total), tf.float32)
+
+    def _one_step(self, iterator):
+        batch = next(iterator)
+        logs, nonfinite = self.strategy.run(self._replica_step, (batch,))
+        logs = {k: self.strategy.reduce('MEAN', v, axis=None) for k, v in logs.items()}
+        nonfinite = self.strategy.reduce('SUM', nonfinite, axis=None)
+        self.bad_step.assign(tf.where((self.bad_step < 0) & (nonfinite > 0), self.step, self.bad_step))
+        self.step.assign_add(1)
+        return logs
+
+    def _train_call(self, iterator, steps):
+        """Runs `steps` (>= 1) training steps; returns the logs of the last one."""
+        logs = self._one_step(iterator)
+        for _ in tf.range(steps - 1):
+            logs = self._one_step(iterator)
+        return logs
+
+    def train_dataset(self, start_step):
+        def dataset_fn(context):
+            stream = self.data.train_stream(self.settings.batch, self.settings.get('uratio', 0), self.labeled_views,
+                                            self.unlabeled_views, seed=self.settings.seed, start_step=start_step,
+                                            end_step=self.steps_total)
+            return split_for_replicas(stream, context)
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def restore(self):
+        """Restores the newest readable checkpoint; returns its step (0 when none)."""
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, AssertionError, ValueError) as e:
+                logging.warning('Cannot read checkpoint %s (%s); trying an older one', path, str(e).splitlines()[0])
+                continue
+            logging.info('Resumed from %s at step %d', path, int(self.step.numpy()))
+            return int(self.step.numpy())
+        return 0
+
+    def check_finite(self):
+        bad = int(self.bad_step.numpy())
+        if bad >= 0:
+            last = self.manager.latest_checkpoint or 'none yet'
+            raise TrainingDiverged(f'the loss became NaN or infinite at step {bad}; training stopped. The last good '
+                                   f'checkpoint ({last}) is kept; lower --lr or check the data before resuming')
+
+    def train(self):
+        """Trains to train_kimg (resuming if a checkpoint exists); returns the final metrics."""
+        start = self.restore()
+        self.stats = self.read_stats(start)
+        iterator = iter(self.train_dataset(start))
+        step = start
+        bar = utils.progress(total=self.steps_total, initial=start, unit='step', desc=self.data.name.target,
+                             leave=True)
+        averages, seen = {}, 0
+        summary_every = max(1, self.steps_report // 16)
+        try:
+            while step < self.steps_total:
+                boundary = min(self.next_multiple(step, self.steps_report), self.next_multiple(step, self.steps_save),
+                               self.next_multiple(step, summary_every), self.steps_total)
+                count = min(self.settings.steps_per_call, boundary - step)
+                logs = {k: float(v) for k, v in self.train_call(iterator, tf.constant(count, tf.int64)).items()}
+                step += count
+                bar.update(count)
+                self.check_finite()
+                averages = {k: averages.get(k, 0) + v * count for k, v in logs.items()}
+                seen += count
+                if step % summary_every == 0 or step == self.steps_total:
+                    self.write_scalars({k: v / seen for k, v in averages.items()}, step)
+                    averages, seen = {}, 0
+                bar.set_postfix(self.postfix(logs), refresh=False)
+                if step % self.steps_report == 0 or step == self.steps_total:
+                    self.report(step)
+                    bar.set_postfix(self.postfix(logs))
+                if step % self.steps_save == 0 or step == self.steps_total:
+                    self.manager.save(checkpoint_number=step)
+        finally:
+            bar.close()
+            self.writer.flush()
+        if start >= self.steps_total and not self.stats:
+            self.report(step)
+        return self.results()
+
+    @staticmethod
+    def next_multiple(step, every):
+        return (step // every + 1) * every
+
+    def postfix(self, logs):
+        out = {short: f'{logs[k]:.3f}' for k, short in LOG_NAMES.items() if k in logs}
+        if self.stats:
+            out['acc'] = f'{self.stats[-1]["accuracy"]:.2f}'
+        return out
+
+    # ---- evaluation and logging
+
+    def logits(self, split, ema):
+        predict = self.predict_ema if ema and self.ema else self.predict_raw
+        outputs, labels = [], []
+        for x, y in self.data.eval_dataset(split, self.settings.eval_batch):
+            outputs.append(predict(x).numpy())
+            labels.append(y.numpy())
+        return np.concatenate(outputs), np.concatenate(labels)
+
+    def evaluate(self):
+        """{'ema': {split: metrics}, 'raw': {split: metrics}} on train_labeled, valid and test."""
+        out = {}
+        for kind in ('ema', 'raw'):
+            out[kind] = {}
+            for split in EVAL_SPLITS:
+                if split == 'valid' and not len(self.data.valid):
+                    continue
+                logits, labels = self.logits(split, kind == 'ema')
+                out[kind][split] = metrics.classification_metrics(logits, labels, self.data.nclass)
+        return out
+
+    def report(self, step):
+        """Evaluates, writes TensorBoard summaries and a stats line, prints the accuracies."""
+        result = self.evaluate()
+        kimg = step * self.settings.batch / 1024
+        ema, raw = result['ema'], result['raw']
+        line = dict(step=step, kimg=kimg, accuracy=ema['test']['accuracy'], time=time.time())
+        for kind, per_split in result.items():
+            for split, m in per_split.items():
+                line[f'{kind}/{split}'] = {k: v for k, v in m.items() if k != 'confusion'}
+        line['ema/test']['confusion'] = ema['test']['confusion']
+        self.stats = [s for s in self.stats if s['step'] < step] + [line]
+        self.write_stats()
+        scalars = {'accuracy': ema['test']['accuracy'], 'accuracy/train_labeled': ema['train_labeled']['accuracy']}
+        if 'valid' in ema:
+            scalars['accuracy/valid'] = ema['valid']['accuracy']
+        for split, m in raw.items():
+            scalars[f'accuracy/raw/{split}'] = m['accuracy']
+        for k, (name, acc) in enumerate(zip(self.data.info.class_names, ema['test']['per_class'])):
+            if acc is not None:
+                scalars[f'per_class/test/{k:03d}_{name}'] = acc
+        self.write_scalars(scalars, step)
+        self.write_views(step)
+        logging.info('kimg %-6g accuracy train/valid/test  EMA %s  raw %s', kimg,
+                     '/'.join(f'{m["accuracy"]:.2f}' for m in ema.values()),
+                     '/'.join(f'{m["accuracy"]:.2f}' for m in raw.values()))
+
+    def write_scalars(self, scalars, step):
+        with self.writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+
+    def write_views(self, step):
+        """TensorBoard image: one row per view (labeled, weak, strong ...) of the batch of `step`."""
+        stream = self.data.train_stream(self.settings.batch, self.settings.get('uratio', 0), self.labeled_views,
+                                        self.unlabeled_views, seed=self.settings.seed, start_step=step,
+                                        end_step=step + 1)
+        batch = next(iter(stream))
+        names = [v for v in (*self.labeled_views, *self.unlabeled_views) if batch[v].shape.rank == 4]
+        with self.writer.as_default(step=step):
+            tf.summary.image('views/' + '_'.join(names), image_grid([batch[v] for v in names]))
+
+    def stats_path(self):
+        return os.path.join(self.run_dir, 'stats', 'epochs.jsonl')
+
+    def read_stats(self, step):
+        """Stats lines of epochs up to `step` (later ones belong to a run that was not saved)."""
+        if not os.path.exists(self.stats_path()):
+            return []
+        with open(self.stats_path()) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        return [s for s in lines if s['step'] <= step]
+
+    def write_stats(self):
+        with utils.atomic_write(self.stats_path()) as tmp:
+            with open(tmp, 'w') as f:
+                f.writelines(json.dumps(s, sort_keys=True) + '\n' for s in self.stats)
+
+    def results(self):
+        """Final metrics: the last EMA test accuracy and the medians of the last 1/10/20/50 epochs."""
+        accuracies = [s['accuracy'] for s in self.stats]
+        out = dict(run_dir=self.run_dir, step=int(self.step.numpy()), accuracy=accuracies[-1] if accuracies else None)
+        for n in (1, 10, 20, 50):
+            out[f'last{n:02d}'] = float(np.median(accuracies[-n:])) if accuracies else None
+        if self.stats:
+            out['final'] = self.stats[-1]
+        return out
+
+
+def main(algorithm_cls):
+    """Command-line entry point of an algorithm script: flags -> training -> printed accuracy."""
+    params = algorithm_cls.all_params()
+    settings_lib.define_flags(params)
+
+    def run_from_flags(argv):
+        if len(argv) > 1:
+            raise utils.UserError(f'unexpected arguments {argv[1:]}; settings are flags, e.g. --dataset=...')
+        result = Trainer(algorithm_cls, settings_lib.from_flags(params)).train()
+        print(f'{algorithm_cls.__name__} on {flags.FLAGS.dataset}: EMA test accuracy {result["accuracy"]:.2f}% '
+              f'(median of the last 20 epochs {result["last20"]:.2f}%); run directory {result["run_dir"]}')
+    utils.run(run_from_flags)

@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Writes the unlabeled set of a target: $ML_DATA/SSL2/<target>-unlabel.tfrecord (+ .json).
+
+  python scripts/create_unlabeled.py $ML_DATA/SSL2/cifar10 $ML_DATA/cifar10-train.tfrecord
+  python scripts/create_unlabeled.py $ML_DATA/SSL2/stl10 $ML_DATA/stl10-train.tfrecord $ML_DATA/stl10-unlabeled.tfrecord
+  # long-tailed unlabeled set (imbalance ratio 100), or its inverse (head = last class):
+  python scripts/create_unlabeled.py --gamma=100 $ML_DATA/SSL2/cifar10_IMB_100 $ML_DATA/cifar10-train.tfrecord
+  python scripts/create_unlabeled.py --gamma=100 --inverse $ML_DATA/SSL2/cifar10_INV_100 $ML_DATA/cifar10-train.tfrecord
+
+Holds ALL training records (labeled ones included) unless --gamma, ordered so that every
+prefix follows the class distribution. The JSON sidecar has the per-class `distribution`
+and the original `indexes` in written order.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from libml import splits  # noqa: E402
+
+flags.DEFINE_float('gamma', 0, 'Imbalance ratio of a long-tailed unlabeled set (head count / tail count); '
+                   '0 keeps every record.')
+flags.DEFINE_bool('inverse', False, 'With --gamma: long tail in reverse class order (the last class is the head).')
+flags.DEFINE_integer('seed', 0, 'With --gamma: which images of a class are kept (0 = the first ones).')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) < 3:
+        raise utils.UserError('usage: create_unlabeled.py [--gamma=G [--inverse]] TARGET FILE.tfrecord [FILE ...]')
+    meta = splits.create_unlabeled(argv[1], argv[2:], gamma=FLAGS.gamma, inverse=FLAGS.inverse, seed=FLAGS.seed)
+    logging.info('Wrote %s-unlabel.tfrecord: %d records, per class %s', argv[1], len(meta['indexes']),
+                 meta['distribution'])
+
+
+if __name__ == '__main__':
+    utils.run(main)

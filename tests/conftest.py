@@ -1,0 +1,18 @@
+"""Shared test setup: project root on sys.path, quiet TensorFlow, a private $ML_DATA per session."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+import pytest  # noqa: E402
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+@pytest.fixture(autouse=True)
+def _private_ml_data(tmp_path, monkeypatch):
+    """Every test gets its own empty $ML_DATA unless it sets one itself."""
+    monkeypatch.setenv('ML_DATA', str(tmp_path / 'ml_data'))
