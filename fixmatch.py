@@ -32,7 +32,7 @@ class FixMatch(train.Algorithm):
         uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).'),
         confidence=Param(0.95, 'Confidence threshold tau of the pseudo-labels.'),
         wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).'),
-        augment=Param('d.d.rac', 'Augmentation of the labeled, weak and strong views: L.W.S with codes '
+        augment=Param('d.d.cta', 'Augmentation of the labeled, weak and strong views: L.W.S with codes '
                       'd (flip + crop), x (none), ra (RandAugment), rac (RandAugment + cutout), cta (CTAugment).'),
     )
 

@@ -212,8 +212,8 @@ class CTAugment(tf.Module):
         offsets = tf.gather(tf.constant(OP_OFFSET), policy.ops)
         present = policy.bins >= 0
         flat_bins = tf.reshape(tf.where(present, offsets + policy.bins, NUM_BINS), [-1])
-        prox = tf.cast(proximity_values, tf.float32)[:, None, None] * tf.ones_like(policy.values)
-        prox = tf.reshape(prox, [-1])
+        prox = tf.reshape(tf.broadcast_to(tf.cast(proximity_values, tf.float32)[:, None, None],
+                                          tf.shape(policy.bins)), [-1])
         hits = tf.one_hot(flat_bins, NUM_BINS + 1, dtype=tf.float32)
         later_hits = tf.reduce_sum(tf.cumsum(hits, axis=0, exclusive=True, reverse=True) * hits, axis=1)
         weights = (1.0 - self.decay) * tf.pow(self.decay, later_hits) * prox

@@ -398,25 +398,35 @@ def cutout(images, seed, size):
     return select(mask, GRAY, images)
 
 
+def reflect(index, size):
+    """Source index in [0, size) of position `index` (may be negative or >= size) of an axis
+    reflect-padded without repeating the edge (tf.pad's 'REFLECT'): -1 -> 1, size -> size - 2."""
+    period = tf.maximum(2 * (size - 1), 1)
+    index = tf.math.floormod(index, period)
+    return tf.where(index < size, index, period - index)
+
+
 def weak(images, seed, flip=True, pad=4):
     """FixMatch weak view: horizontal flip with p = 0.5 per image (when `flip`), then reflect-pad by
     `pad` pixels and crop back to (H, W) at a per-image offset uniform in [0, 2 * pad]^2.
 
-    Computed as two gathers from the padded image: reflect padding commutes with the flip, so
-    padded column c of the flipped image is padded column (W + 2 pad - 1 - c) of the original.
+    Computed as ONE gather: output pixel (i, j) of image n reads source row reflect(o_n + i - pad)
+    and column reflect(c - pad), c = o'_n + j, or W + 2 pad - 1 - c when flipped (reflect padding
+    commutes with the flip). No padded copy is made.
     """
     n = tf.shape(images)[0]
     height, width = _height_width(images)
     flip_seed, crop_seed = split_seed(seed, 2)
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode='REFLECT') if pad else images
     offsets = tf.random.stateless_uniform([n, 2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
     rows = offsets[:, :1] + tf.range(height)[None, :]
     cols = offsets[:, 1:] + tf.range(width)[None, :]
     if flip:
         flipped = tf.random.stateless_uniform([n, 1], flip_seed) < 0.5
         cols = tf.where(flipped, width + 2 * pad - 1 - cols, cols)
-    images = tf.gather(padded, rows, axis=1, batch_dims=1)
-    return tf.gather(images, cols, axis=2, batch_dims=1)
+    rows, cols = reflect(rows - pad, height), reflect(cols - pad, width)
+    flat = tf.reshape(rows[:, :, None] * width + cols[:, None, :], [n, -1])
+    pixels = tf.reshape(images, [n, height * width, tf.shape(images)[3]])
+    return tf.reshape(tf.gather(pixels, flat, batch_dims=1), tf.shape(images))
 
 
 # ----------------------------------------------------------------------------------------------

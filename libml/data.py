@@ -116,11 +116,6 @@ def source_files(base, root=None):
     return [records.record_path(base, part, root) for part in parts]
 
 
-def shell_path(path):
-    rel = os.path.relpath(path)
-    return rel if not rel.startswith('..') else path
-
-
 def flag_args(args):
     return ' '.join(f'--{k}={v}' if not isinstance(v, bool) else f'--{k}' for k, v in args.items() if v)
 
@@ -128,12 +123,12 @@ def flag_args(args):
 def creation_commands(name, recipe, root=None):
     """The shell commands that make every file `name` needs, in order."""
     target = os.path.join(ssl2(root), name.target)
-    files = ' '.join(shell_path(f) for f in source_files(recipe.base, root))
+    files = ' '.join(utils.shell_path(f) for f in source_files(recipe.base, root))
     split_args = flag_args(dict(seed=name.seed, size=name.size, **recipe.split))
-    return [f'python scripts/create_datasets.py --datasets={recipe.base}',
-            f'python scripts/create_unlabeled.py {flag_args(recipe.unlabeled)} {shell_path(target)} {files}'
+    return [f'{utils.script("create_datasets.py")} --datasets={recipe.base}',
+            f'{utils.script("create_unlabeled.py")} {flag_args(recipe.unlabeled)} {utils.shell_path(target)} {files}'
             .replace('  ', ' '),
-            f'python scripts/create_split.py {split_args} {shell_path(target)} {files}']
+            f'{utils.script("create_split.py")} {split_args} {utils.shell_path(target)} {files}']
 
 
 def ensure_files(name, root=None, auto_create=True):

@@ -107,7 +107,7 @@ def corrupt_file_error(path, err, fix):
 
 
 def read_serialized(paths, fix='python scripts/create_datasets.py'):
-    """All records of `paths`, in order, as a list of bytes. Bad files raise UserError."""
+    """All records of `paths`, in order, as a list of bytes. Bad files raise UserError with `fix`."""
     out = []
     for path in paths:
         if not os.path.exists(path):

@@ -133,7 +133,7 @@ def read_sources(files):
 
     When the dataset's JSON is beside the files, their record counts are checked against it."""
     base = base_name(files[0])
-    fix = f'python scripts/create_datasets.py --datasets={base}'
+    fix = f'{utils.script("create_datasets.py")} --datasets={base}'
     serialized = records.read_serialized(files, fix=fix)
     if not serialized:
         raise utils.UserError(f'no records in {", ".join(files)}; recreate them with: {fix}')

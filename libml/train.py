@@ -34,6 +34,7 @@ import keras
 from absl import flags
 from absl import logging
 
+import cta
 from libml import augment
 from libml import data
 from libml import metrics
@@ -60,16 +61,19 @@ COMMON_PARAMS = dict(
     wd=Param(5e-4, 'Weight decay: adds wd * sum(w^2)/2 over conv and dense kernels to the loss.'),
     ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).'),
     seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.'),
-    train_kimg=Param(1 << 16, 'Training length in thousands of labeled images (1<<16 kimg = 2^20 steps of 64).',
-                     local=24),
-    report_kimg=Param(64, 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
-                      identity=False, local=2),
-    save_kimg=Param(64, 'Save a checkpoint every this many kimg.', identity=False, local=2),
+    train_kimg=Param(float(1 << 16), 'Training length in thousands of labeled images (1<<16 kimg = 2^20 steps of 64).',
+                     local=24.),
+    report_kimg=Param(64., 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
+                      identity=False, local=2.),
+    save_kimg=Param(64., 'Save a checkpoint every this many kimg.', identity=False, local=2.),
     keep_ckpt=Param(10, 'Number of checkpoints kept.', identity=False),
     devicenum=Param(0, 'Number of devices to train on (0 = all visible GPUs; one CPU without GPU).',
                     identity=False),
     steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False),
     eval_batch=Param(500, 'Images per evaluation batch.', identity=False),
+    cta_depth=Param(2, 'CTAugment: operations per policy.'),
+    cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.'),
+    cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.'),
 )
 EVAL_SPLITS = ('train_labeled', 'valid', 'test')
 LOG_NAMES = {'losses/xe': 'xe', 'losses/xeu': 'xeu', 'monitors/mask': 'mask'}
@@ -145,7 +149,7 @@ def cosine_lr(lr, progress):
 
 def weight_l2(variables):
     """sum(w^2) / 2 over the given variables (tf.nn.l2_loss summed)."""
-    return tf.add_n([tf.nn.l2_loss(v.value) for v in variables])
+    return tf.add_n([tf.nn.l2_loss(v) for v in variables])
 
 
 def make_strategy(devicenum=0):
@@ -194,10 +198,14 @@ class Trainer:
         if settings.batch % replicas:
             raise utils.UserError(f'--batch={settings.batch} does not split evenly over {replicas} devices; '
                                   f'use a multiple of {replicas}')
-        self.steps_total = settings.train_kimg * 1024 // settings.batch
-        self.steps_report = max(1, settings.report_kimg * 1024 // settings.batch)
-        self.steps_save = max(1, settings.save_kimg * 1024 // settings.batch)
+        self.steps_total = self.kimg_to_steps(settings.train_kimg)
+        self.steps_report = max(1, self.kimg_to_steps(settings.report_kimg))
+        self.steps_save = max(1, self.kimg_to_steps(settings.save_kimg))
         keras.utils.set_random_seed(settings.seed)
+        self.cta = None
+        if 'cta' in augment.parse_augment(settings.get('augment', 'd.d.d')):
+            with tf.device('/cpu:0'):  # read by the input pipeline on the CPU, updated by the train step
+                self.cta = cta.CTAugment(settings.cta_depth, settings.cta_th, settings.cta_decay)
         with self.strategy.scope():
             info = self.data.info
             self.model = models.create_model(settings.arch, info.nclass, info.shape, filters=settings.filters,
@@ -216,17 +224,24 @@ class Trainer:
         state = dict(model=self.model, optimizer=self.optimizer, step=self.step, algorithm=algorithm_state)
         if self.ema:
             state['ema'] = self.ema
+        if self.cta:
+            state['cta'] = self.cta
         self.checkpoint = tf.train.Checkpoint(**state)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.run_dir, 'tf'),
                                                   max_to_keep=settings.keep_ckpt, checkpoint_name='ckpt')
         self.labeled_views, self.unlabeled_views = self.algorithm.views()
+        if self.cta:
+            self.labeled_views['probe'] = self.probe_view
         self.writer = tf.summary.create_file_writer(os.path.join(self.run_dir, 'tf'))
         self.train_call = tf.function(self._train_call)
         self.predict_raw = tf.function(lambda x: self.model(x, training=False))
-        self.predict_ema = tf.function(lambda x: self.model.stateless_call(
-            self.ema.averages, self.model.non_trainable_variables, x, training=False)[0])
+        self.predict_ema = tf.function(self.classify_ema)
 
     # ---- settings and run directory
+
+    def kimg_to_steps(self, kimg):
+        """Steps that train on `kimg` thousand (1024) labeled images."""
+        return int(round(kimg * 1024 / self.settings.batch))
 
     def check_settings(self, algorithm_name):
         """Writes args.json, or refuses to resume a run directory made with other settings."""
@@ -243,7 +258,21 @@ class Trainer:
 
     def view_fn(self, code):
         """fn(images in [0, 1], seed) of one --augment code for this dataset."""
-        return augment.view_fn(code, flip=self.data.info.flip, pad=self.data.info.pad)
+        return augment.view_fn(code, flip=self.data.info.flip, pad=self.data.info.pad, cta=self.cta)
+
+    def probe_view(self, images, seed):
+        """CTAugment probe: the weak view under a random policy (uniform ops and levels)."""
+        weak_seed, policy_seed = augment.split_seed(seed, 2)
+        images = augment.weak(images, weak_seed, flip=self.data.info.flip, pad=self.data.info.pad)
+        policy = self.cta.random_policy(tf.shape(images)[0], policy_seed)
+        return dict(image=self.cta.apply(images, policy), ops=policy.ops, bins=policy.bins)
+
+    def classify_ema(self, images):
+        """Logits of the EMA weights (raw weights when --ema=0) in inference mode."""
+        if not self.ema:
+            return self.model(images, training=False)
+        return self.model.stateless_call(self.ema.averages, self.model.non_trainable_variables, images,
+                                         training=False)[0]
 
     def learning_rate(self):
         progress = tf.cast(self.step, tf.float32) / max(self.steps_total, 1)
@@ -252,6 +281,10 @@ class Trainer:
     # ---- training
 
     def _replica_step(self, batch):
+        probe = ()
+        if self.cta:  # score the probe with the EMA model before this step's update
+            probs = tf.nn.softmax(self.classify_ema(batch['probe']))
+            probe = (cta.proximity(probs, batch['label']), batch['probe_ops'], batch['probe_bins'])
         with tf.GradientTape() as tape:
             loss, logs = self.algorithm.loss(batch, self.step)
             l2 = weight_l2(self.decay_variables)
@@ -263,11 +296,14 @@ class Trainer:
         if self.ema:
             self.ema.update(variables)
         logs = {**logs, 'losses/wd': l2, 'monitors/lr': self.learning_rate()}
-        return logs, tf.cast(~tf.math.is_finite(total), tf.float32)
+        return logs, tf.cast(~tf.math.is_finite(total), tf.float32), probe
 
     def _one_step(self, iterator):
         batch = next(iterator)
-        logs, nonfinite = self.strategy.run(self._replica_step, (batch,))
+        logs, nonfinite, probe = self.strategy.run(self._replica_step, (batch,))
+        if self.cta:  # every replica's probes, in global batch order
+            proximity, ops, bins = (self.strategy.gather(t, axis=0) for t in probe)
+            self.cta.update(cta.Policy(ops, bins, None, None), proximity)
         logs = {k: self.strategy.reduce('MEAN', v, axis=None) for k, v in logs.items()}
         nonfinite = self.strategy.reduce('SUM', nonfinite, axis=None)
         self.bad_step.assign(tf.where((self.bad_step < 0) & (nonfinite > 0), self.step, self.bad_step))
@@ -399,6 +435,10 @@ class Trainer:
                 scalars[f'per_class/test/{k:03d}_{name}'] = acc
         self.write_scalars(scalars, step)
         self.write_views(step)
+        if self.cta:
+            with self.writer.as_default(step=step):
+                tf.summary.image('cta/rates', self.cta.rates_image())
+                tf.summary.text('cta/rates', self.cta.rates_table())
         logging.info('kimg %-6g accuracy train/valid/test  EMA %s  raw %s', kimg,
                      '/'.join(f'{m["accuracy"]:.2f}' for m in ema.values()),
                      '/'.join(f'{m["accuracy"]:.2f}' for m in raw.values()))

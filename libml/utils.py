@@ -31,6 +31,18 @@ def project_root():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def shell_path(path):
+    """`path` relative to the current folder when inside it, else absolute (for printed commands)."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith('..') else path
+
+
+def script(name):
+    """How to call scripts/<name> from the current folder."""
+    return 'python ' + shell_path(os.path.join(project_root(), 'scripts', name))
+
+
 @contextlib.contextmanager
 def atomic_write(path):
     """Yields a temporary path beside `path`; renames it to `path` if the block succeeds.

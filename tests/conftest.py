@@ -16,3 +16,19 @@ FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 def _private_ml_data(tmp_path, monkeypatch):
     """Every test gets its own empty $ML_DATA unless it sets one itself."""
     monkeypatch.setenv('ML_DATA', str(tmp_path / 'ml_data'))
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_root(tmp_path_factory):
+    """A data root with Fashion-MNIST converted once per test session (from the Debian package)."""
+    from libml import sources
+    root = str(tmp_path_factory.mktemp('fashion_mnist_data'))
+    sources.convert('fashion_mnist', root=root)
+    return root
+
+
+@pytest.fixture
+def fashion_mnist(fashion_mnist_root, monkeypatch):
+    """$ML_DATA pointing at the shared converted Fashion-MNIST."""
+    monkeypatch.setenv('ML_DATA', fashion_mnist_root)
+    return fashion_mnist_root

@@ -325,10 +325,11 @@ def test_unknown_dataset():
         sources.available_offline('cifar_10')
 
 
-def test_fashion_mnist_real_conversion():
+def test_fashion_mnist_real_conversion(fashion_mnist):
+    """The session fixture ran sources.convert('fashion_mnist') on the Debian package files."""
     assert sources.available_offline('fashion_mnist')
-    info = sources.convert('fashion_mnist')
-    root = os.environ['ML_DATA']
+    root = fashion_mnist
+    info = records.DatasetInfo.load('fashion_mnist')
     assert not os.path.exists(os.path.join(root, 'downloads', 'fashion_mnist'))  # read from the Debian package
     saved = json.load(open(os.path.join(root, 'fashion_mnist.json')))
     assert saved == {'name': 'fashion_mnist', 'shape': [32, 32, 1], 'nclass': 10, 'flip': True, 'pad': 4,
