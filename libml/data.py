@@ -35,6 +35,7 @@ NAME_RE = re.compile(r'^(?P<target>[A-Za-z0-9][A-Za-z0-9_\-]*?)\.(?P<seed>\d+)@(
 RECIPE_RE = re.compile(r'^(?P<base>.+?)_(?P<kind>LT|IMB|INV)_(?P<ratio>\d+(?:\.\d+)?)$')
 SHUFFLE_SALT = 498247692  # first word of the index-shuffle key; the stream id and seed follow
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
+SHUFFLE_BUFFER = 10000  # records, when unlabeled images are streamed from disk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,13 +176,38 @@ def available_memory():
         return 4 << 30
 
 
-def decode_file(path, channels, fix, expected=None):
-    """All images (uint8 tf.Tensor (N, H, W, C)) and labels (int64 numpy (N,)) of a record file.
+def keep_positions(dataset, positions):
+    """The records of a TFRecordDataset at the given positions (in file order)."""
+    keep = np.zeros(int(max(positions, default=-1)) + 2, bool)  # the last entry stays False
+    keep[np.asarray(positions, np.int64)] = True
+    keep, last = tf.constant(keep), len(keep) - 1
+    return dataset.enumerate().filter(lambda i, _: tf.gather(keep, tf.minimum(i, last))).map(lambda _, record: record)
+
+
+def file_labels(path, fix, expected=None):
+    """int64 labels (N,) of a record file, without decoding its images."""
+    if not os.path.exists(path):
+        raise records.missing_file_error(path, fix)
+    try:
+        labels = records.parse_labels_dataset(tf.data.TFRecordDataset(path))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise records.corrupt_file_error(path, e, fix) from None
+    if expected is not None and len(labels) != expected:
+        raise records.corrupt_file_error(path, f'{len(labels)} records instead of {expected}', fix)
+    return labels
+
+
+def decode_file(path, channels, fix, expected=None, positions=None):
+    """All images (uint8 tf.Tensor (N, H, W, C)) and labels (int64 numpy (N,)) of a record file,
+    or only those at `positions`.
 
     A file cut short (TFRecord readers stop quietly at a partial record) fails the `expected` count."""
     if not os.path.exists(path):
         raise records.missing_file_error(path, fix)
-    ds = tf.data.TFRecordDataset(path).map(lambda s: records.parse_image(s, channels), AUTOTUNE, deterministic=True)
+    ds = tf.data.TFRecordDataset(path)
+    if positions is not None:
+        ds = keep_positions(ds, positions)
+    ds = ds.map(lambda s: records.parse_image(s, channels), AUTOTUNE, deterministic=True)
     try:
         with tf.device('/cpu:0'):
             parts = list(ds.batch(4096))
@@ -229,6 +255,28 @@ class Subset:
 
 
 @dataclasses.dataclass
+class StreamedSubset:
+    """Images too many to hold decoded: the records at `positions` of a file, read at every pass."""
+    path: str
+    positions: np.ndarray
+    labels: np.ndarray
+    channels: int
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batches(self, count, seed, start_step):
+        """Endless batches (uint8 images (count, H, W, C), int64 labels (count,)), reshuffled every
+        pass through a buffer of SHUFFLE_BUFFER records seeded by (seed, start_step): a resumed
+        run draws other (equally random) unlabeled batches than an uninterrupted one would."""
+        shuffle_seed = (int(seed) * 1000003 + int(start_step)) % (2 ** 31)
+        ds = keep_positions(tf.data.TFRecordDataset(self.path), self.positions).repeat()
+        ds = ds.shuffle(min(SHUFFLE_BUFFER, len(self)), seed=shuffle_seed)
+        ds = ds.map(lambda s: records.parse_image(s, self.channels), AUTOTUNE)
+        return ds.batch(count, drop_remainder=True)
+
+
+@dataclasses.dataclass
 class SSLData:
     """A training dataset: labeled, unlabeled (validation removed), valid and test images."""
     name: SplitName
@@ -258,20 +306,27 @@ class SSLData:
         labeled, unlabeled = self.labeled, self.unlabeled
         ubatch = uratio * batch
 
-        def make(step):
-            l_pos = epoch_shuffle(step, batch, len(labeled), LABELED_STREAM, seed)
+        def gather_unlabeled(step):
             u_pos = epoch_shuffle(step, ubatch, len(unlabeled), UNLABELED_STREAM, seed)
-            out = dict(label=tf.gather(labeled.labels, l_pos), u_label=tf.gather(unlabeled.labels, u_pos))
+            return step, (tf.gather(unlabeled.images, u_pos), tf.gather(unlabeled.labels, u_pos))
+
+        def make(step, unlabeled_batch):
+            l_pos = epoch_shuffle(step, batch, len(labeled), LABELED_STREAM, seed)
+            out = dict(label=tf.gather(labeled.labels, l_pos), u_label=unlabeled_batch[1])
             step_seed = tf.stack([tf.cast(seed, tf.int64), step])
-            views = [(labeled.images, l_pos, labeled_views), (unlabeled.images, u_pos, unlabeled_views)]
+            views = [(tf.gather(labeled.images, l_pos), labeled_views), (unlabeled_batch[0], unlabeled_views)]
             number = 0
-            for images, pos, view_fns in views:
-                pixels = tf.cast(tf.gather(images, pos), tf.float32) / 255
+            for images, view_fns in views:
+                pixels = tf.cast(images, tf.float32) / 255
                 for view, fn in view_fns.items():
                     number += 1
                     out.update(run_view(view, fn, pixels, tf.random.experimental.stateless_fold_in(step_seed, number)))
             return out
 
+        if isinstance(unlabeled, StreamedSubset):
+            steps = tf.data.Dataset.zip(steps, unlabeled.batches(ubatch, seed, start_step))
+        else:
+            steps = steps.map(gather_unlabeled)
         options = tf.data.Options()
         options.deterministic = True
         return steps.map(make, AUTOTUNE).prefetch(AUTOTUNE).with_options(options)
@@ -309,8 +364,11 @@ def epoch_shuffle(step, count, n, stream, seed):
                                          rounds=4)
 
 
-def load(name, root=None, auto_create=True):
-    """SSLData for a name such as 'fashion_mnist.1@40-1', creating missing split files if it can."""
+def load(name, root=None, auto_create=True, memory_budget=None):
+    """SSLData for a name such as 'fashion_mnist.1@40-1', creating missing split files if it can.
+
+    The unlabeled images are held decoded in memory when they take at most `memory_budget` bytes
+    (default: half the free memory), else streamed from their file at every pass."""
     root = root or utils.ml_data()
     name = parse_name(name) if isinstance(name, str) else name
     recipe = ensure_files(name, root, auto_create)
@@ -325,15 +383,24 @@ def load(name, root=None, auto_create=True):
 
     labeled = Subset(*decode_file(label_path, channels, fixes[2], len(label_meta['indexes'])))
     check_labels(labeled.labels, info.nclass, label_path, fixes[2])
-    estimate = len(unlabel_meta['indexes']) * int(np.prod(info.shape))
-    if estimate > available_memory() // 2:
-        raise utils.UserError(f'the unlabeled set of {name} needs {estimate / 2**30:.1f} GiB decoded, more than half '
-                              f'of the free memory; use a machine with more memory or a smaller unlabeled set')
-    unlabeled_all = Subset(*decode_file(unlabel_path, channels, fixes[1], len(unlabel_meta['indexes'])))
-    check_labels(unlabeled_all.labels, info.nclass, unlabel_path, fixes[1], allow_unlabeled=True)
-    valid_pos = validation_positions(np.asarray(unlabel_meta['indexes']), unlabeled_all.labels,
+    count = len(unlabel_meta['indexes'])
+    in_memory = count * int(np.prod(info.shape)) <= (available_memory() // 2 if memory_budget is None
+                                                     else memory_budget)
+    if in_memory:
+        unlabeled_all = Subset(*decode_file(unlabel_path, channels, fixes[1], count))
+        unlabel_labels = unlabeled_all.labels
+    else:
+        unlabel_labels = file_labels(unlabel_path, fixes[1], count)
+        logging.info('The unlabeled images of %s do not fit in memory: streaming them from %s', name, unlabel_path)
+    check_labels(unlabel_labels, info.nclass, unlabel_path, fixes[1], allow_unlabeled=True)
+    valid_pos = validation_positions(np.asarray(unlabel_meta['indexes']), unlabel_labels,
                                      np.asarray(label_meta['indexes']), name.valid)
-    train_pos = np.setdiff1d(np.arange(len(unlabeled_all)), valid_pos)
+    train_pos = np.setdiff1d(np.arange(count), valid_pos)
+    if in_memory:
+        unlabeled, valid = unlabeled_all.take(train_pos), unlabeled_all.take(valid_pos)
+    else:
+        unlabeled = StreamedSubset(unlabel_path, train_pos, unlabel_labels[train_pos], channels)
+        valid = Subset(*decode_file(unlabel_path, channels, fixes[1], len(valid_pos), valid_pos))
     test_path = records.record_path(recipe.base, 'test', root)
     test = Subset(*decode_file(test_path, channels, fixes[0], info.sizes.get('test')))
     check_labels(test.labels, info.nclass, test_path, fixes[0])
@@ -341,5 +408,4 @@ def load(name, root=None, auto_create=True):
         if tuple(subset.images.shape[1:]) != info.shape:
             raise utils.UserError(f'images of {name} are {tuple(subset.images.shape[1:])} but {recipe.base}.json '
                                   f'says {info.shape}; recreate the dataset with: {fixes[0]}')
-    return SSLData(name, info, labeled, unlabeled_all.take(train_pos), unlabeled_all.take(valid_pos), test,
-                   label_meta, unlabel_meta)
+    return SSLData(name, info, labeled, unlabeled, valid, test, label_meta, unlabel_meta)

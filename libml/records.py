@@ -120,11 +120,18 @@ def read_serialized(paths, fix='python scripts/create_datasets.py'):
     return out
 
 
-def parse_labels(serialized, batch=4096):
-    """int64 labels of a list of serialized records, parsed in batches."""
-    ds = tf.data.Dataset.from_tensor_slices(serialized).batch(batch)
-    ds = ds.map(lambda s: tf.io.parse_example(s, {'label': FEATURES['label']})['label'], AUTOTUNE)
-    return np.concatenate(list(ds.as_numpy_iterator())) if serialized else np.zeros([0], np.int64)
+def parse_labels(serialized):
+    """int64 labels of a list of serialized records."""
+    if not len(serialized):
+        return np.zeros([0], np.int64)
+    return parse_labels_dataset(tf.data.Dataset.from_tensor_slices(serialized))
+
+
+def parse_labels_dataset(dataset, batch=4096):
+    """int64 labels (N,) of a dataset of serialized records, parsed in batches."""
+    ds = dataset.batch(batch).map(lambda s: tf.io.parse_example(s, {'label': FEATURES['label']})['label'], AUTOTUNE)
+    parts = list(ds.as_numpy_iterator())
+    return np.concatenate(parts) if parts else np.zeros([0], np.int64)
 
 
 def parse_image(serialized, channels):

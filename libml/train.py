@@ -23,7 +23,6 @@ augmented views it needs and its loss. Everything else lives here:
 Run directory: <train_dir>/<dataset>/<algorithm and its non-default settings>/ with args.json,
 tf/ (TensorBoard events and checkpoints) and stats/ (one JSON line of metrics per epoch).
 """
-import json
 import math
 import os
 import time
@@ -40,6 +39,7 @@ from libml import data
 from libml import metrics
 from libml import models
 from libml import settings as settings_lib
+from libml import stats
 from libml import utils
 from libml.settings import Param
 
@@ -59,10 +59,11 @@ COMMON_PARAMS = dict(
     batch=Param(64, 'Labeled images per step, over all devices.', local=32),
     lr=Param(0.03, 'Learning rate at the start; lr * cos(7 pi/16 * t/T) after a fraction t/T of training.'),
     wd=Param(5e-4, 'Weight decay: adds wd * sum(w^2)/2 over conv and dense kernels to the loss.'),
-    ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).'),
+    ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).',
+              local=0.99),
     seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.'),
     train_kimg=Param(float(1 << 16), 'Training length in thousands of labeled images (1<<16 kimg = 2^20 steps of 64).',
-                     local=24.),
+                     local=30.),
     report_kimg=Param(64., 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
                       identity=False, local=2.),
     save_kimg=Param(64., 'Save a checkpoint every this many kimg.', identity=False, local=2.),
@@ -347,7 +348,8 @@ class Trainer:
     def train(self):
         """Trains to train_kimg (resuming if a checkpoint exists); returns the final metrics."""
         start = self.restore()
-        self.stats = self.read_stats(start)
+        self.epochs = [e for e in stats.read_epochs(self.run_dir) if e['step'] <= start] \
+            if os.path.exists(stats.epochs_path(self.run_dir)) else []  # later lines: a run killed before saving
         iterator = iter(self.train_dataset(start))
         step = start
         bar = utils.progress(total=self.steps_total, initial=start, unit='step', desc=self.data.name.target,
@@ -377,7 +379,7 @@ class Trainer:
         finally:
             bar.close()
             self.writer.flush()
-        if start >= self.steps_total and not self.stats:
+        if start >= self.steps_total and not self.epochs:
             self.report(step)
         return self.results()
 
@@ -387,8 +389,8 @@ class Trainer:
 
     def postfix(self, logs):
         out = {short: f'{logs[k]:.3f}' for k, short in LOG_NAMES.items() if k in logs}
-        if self.stats:
-            out['acc'] = f'{self.stats[-1]["accuracy"]:.2f}'
+        if self.epochs:
+            out['acc'] = f'{self.epochs[-1]["accuracy"]:.2f}'
         return out
 
     # ---- evaluation and logging
@@ -423,8 +425,8 @@ class Trainer:
             for split, m in per_split.items():
                 line[f'{kind}/{split}'] = {k: v for k, v in m.items() if k != 'confusion'}
         line['ema/test']['confusion'] = ema['test']['confusion']
-        self.stats = [s for s in self.stats if s['step'] < step] + [line]
-        self.write_stats()
+        self.epochs = [s for s in self.epochs if s['step'] < step] + [line]
+        stats.write_epochs(self.run_dir, self.epochs)
         scalars = {'accuracy': ema['test']['accuracy'], 'accuracy/train_labeled': ema['train_labeled']['accuracy']}
         if 'valid' in ema:
             scalars['accuracy/valid'] = ema['valid']['accuracy']
@@ -458,30 +460,13 @@ class Trainer:
         with self.writer.as_default(step=step):
             tf.summary.image('views/' + '_'.join(names), image_grid([batch[v] for v in names]))
 
-    def stats_path(self):
-        return os.path.join(self.run_dir, 'stats', 'epochs.jsonl')
-
-    def read_stats(self, step):
-        """Stats lines of epochs up to `step` (later ones belong to a run that was not saved)."""
-        if not os.path.exists(self.stats_path()):
-            return []
-        with open(self.stats_path()) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        return [s for s in lines if s['step'] <= step]
-
-    def write_stats(self):
-        with utils.atomic_write(self.stats_path()) as tmp:
-            with open(tmp, 'w') as f:
-                f.writelines(json.dumps(s, sort_keys=True) + '\n' for s in self.stats)
-
     def results(self):
         """Final metrics: the last EMA test accuracy and the medians of the last 1/10/20/50 epochs."""
-        accuracies = [s['accuracy'] for s in self.stats]
-        out = dict(run_dir=self.run_dir, step=int(self.step.numpy()), accuracy=accuracies[-1] if accuracies else None)
-        for n in (1, 10, 20, 50):
-            out[f'last{n:02d}'] = float(np.median(accuracies[-n:])) if accuracies else None
-        if self.stats:
-            out['final'] = self.stats[-1]
+        accuracies = stats.metric_values(self.epochs, 'accuracy')
+        out = dict(run_dir=self.run_dir, step=int(self.step.numpy()), accuracy=accuracies[-1] if accuracies else None,
+                   **stats.last_medians(accuracies))
+        if self.epochs:
+            out['final'] = self.epochs[-1]
         return out
 
 

@@ -117,6 +117,22 @@ def test_stream_resumes_exactly_and_covers_each_epoch(root):
     assert not np.array_equal(indices_of(other['u']), indices_of(first['u']))
 
 
+def test_unlabeled_images_stream_from_disk_when_they_do_not_fit(root):
+    in_memory = data.load('idx.1@8-5')
+    streamed = data.load('idx.1@8-5', memory_budget=0)
+    assert isinstance(streamed.unlabeled, data.StreamedSubset) and len(streamed.unlabeled) == 75
+    np.testing.assert_array_equal(streamed.valid.images.numpy(), in_memory.valid.images.numpy())
+    np.testing.assert_array_equal(streamed.valid.labels, in_memory.valid.labels)
+    valid = set(indices_of(tf.cast(in_memory.valid.images, tf.float32) / 255 * 2 - 1))
+    seen = []
+    for batch in streamed.train_stream(4, 5, {'x': identity_view}, {'u': identity_view}, end_step=30):
+        index = indices_of(batch['u'])
+        np.testing.assert_array_equal(batch['u_label'], (np.round((batch['u'][:, 1, 1, 0] + 1) / 2 * 255) / 10))
+        seen.extend(index)
+    assert not set(seen) & valid and len(set(seen)) == 75  # 600 draws: every unlabeled image, no validation one
+    assert np.bincount(seen).max() <= 9  # 8 passes through the 75 images, reshuffled
+
+
 def test_views_receive_distinct_seeds_and_dict_outputs(root):
     ssl = data.load('idx.1@8-1')
 

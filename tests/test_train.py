@@ -191,13 +191,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fashion
 
 @pytest.fixture(scope='module')
 def learned_run(fashion_mnist_root, tmp_path_factory):
-    """One short FixMatch run on Fashion-MNIST with 250 labels, shared by the tests below."""
+    """One short FixMatch run (CTAugment strong views) on Fashion-MNIST with 250 labels, shared by the
+    tests below."""
     previous = os.environ.get('ML_DATA')
     os.environ['ML_DATA'] = fashion_mnist_root
     try:
         yield fixmatch.FixMatch.run(
             dataset='fashion_mnist.1@250-1', train_dir=str(tmp_path_factory.mktemp('learn')), filters=16, repeat=1,
-            batch=32, uratio=3, augment='d.d.rac', ema=0.99, bn_momentum=0.99, lr=0.03, train_kimg=10,
+            batch=32, uratio=3, augment='d.d.cta', ema=0.99, bn_momentum=0.99, lr=0.03, train_kimg=10,
             report_kimg=2.5, save_kimg=5)
     finally:
         os.environ['ML_DATA'] = previous or ''
