@@ -331,6 +331,14 @@ class SSLData:
         options.deterministic = True
         return steps.map(make, AUTOTUNE).prefetch(AUTOTUNE).with_options(options)
 
+    def with_all_labels(self):
+        """This dataset with every labeled training image as the labeled set: the unlabeled pool's
+        images that have a label (validation images stay out). For fully supervised baselines."""
+        if isinstance(self.unlabeled, StreamedSubset):
+            raise utils.UserError(f'{self.name}: training on all labels needs the unlabeled images in memory; '
+                                  f'use a machine with more memory')
+        return dataclasses.replace(self, labeled=self.unlabeled.take(np.flatnonzero(self.unlabeled.labels >= 0)))
+
     def eval_dataset(self, split, batch=256):
         """(float32 images in [-1, 1], int64 labels) batches of 'test', 'valid' or 'train_labeled'."""
         subset = dict(test=self.test, valid=self.valid, train_labeled=self.labeled)[split]
@@ -362,6 +370,20 @@ def epoch_shuffle(step, count, n, stream, seed):
                     epochs], axis=1)
     return tf.raw_ops.RandomIndexShuffle(index=positions % n, seed=key, max_index=tf.constant(n - 1, tf.int64),
                                          rounds=4)
+
+
+def load_test_set(name, root=None):
+    """(DatasetInfo, Subset of test images) of a dataset ('fashion_mnist') or training name ('fashion_mnist.1@40-1')."""
+    target = parse_name(name).target if NAME_RE.match(name) else name
+    base = recipe_for(target, root).base
+    info_path = records.DatasetInfo.path(base, root)
+    fix = f'{utils.script("create_datasets.py")} --datasets={base}'
+    if not os.path.exists(info_path):
+        raise records.missing_file_error(info_path, fix)
+    info = records.DatasetInfo.load(base, root)
+    test = Subset(*decode_file(records.record_path(base, 'test', root), info.shape[2], fix, info.sizes.get('test')))
+    check_labels(test.labels, info.nclass, records.record_path(base, 'test', root), fix)
+    return info, test
 
 
 def load(name, root=None, auto_create=True, memory_budget=None):

@@ -1,6 +1,12 @@
-"""Loss terms shared by the algorithms. Per-sample values (shape (N,)) unless stated; the
-caller averages. Logits are float32 (N, K); probabilities are softmax(logits)."""
+"""Loss terms and building blocks shared by the algorithms.
+
+Per-sample values (shape (N,)) unless stated; the caller averages. Logits are float32 (N, K);
+probabilities p = softmax(logits). Targets passed as probabilities are constants (the caller
+stops their gradient where the method says so).
+"""
 import tensorflow as tf
+
+CONSISTENCIES = ('mse', 'l1', 'kl', 'jsd')
 
 
 def cross_entropy(labels, logits):
@@ -8,11 +14,130 @@ def cross_entropy(labels, logits):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
 
 
+def soft_cross_entropy(target_probs, logits):
+    """-sum_k q_k log softmax(logits)_k per sample, q a distribution (N, K)."""
+    return tf.nn.softmax_cross_entropy_with_logits(labels=target_probs, logits=logits)
+
+
 def pseudo_label_term(logits_weak, logits_strong, threshold):
     """FixMatch's unlabeled term per sample: 1(max p_w >= tau) * H(argmax p_w, strong view).
 
-    p_w = stop_gradient(softmax(logits_weak)). Returns (masked cross-entropy (N,), mask (N,) in {0,1}).
+    p_w = stop_gradient(softmax(logits_weak)). `threshold` is a scalar tau or per-class thresholds
+    (K,), then image i uses the threshold of its predicted class argmax p_w.
+    Returns (masked cross-entropy (N,), mask (N,) in {0,1}).
     """
     probs = tf.stop_gradient(tf.nn.softmax(logits_weak))
+    predicted = tf.argmax(probs, axis=1)
+    threshold = tf.convert_to_tensor(threshold, tf.float32)
+    if threshold.shape.rank == 1:
+        threshold = tf.gather(threshold, predicted)
     mask = tf.cast(tf.reduce_max(probs, axis=1) >= threshold, tf.float32)
-    return cross_entropy(tf.argmax(probs, axis=1), logits_strong) * mask, mask
+    return cross_entropy(predicted, logits_strong) * mask, mask
+
+
+def kl_divergence(target_probs, logits):
+    """KL(q || softmax(logits)) = sum_k q_k (log q_k - log p_k) per sample (0 log 0 = 0)."""
+    log_q = tf.math.log(tf.maximum(target_probs, 1e-30))
+    return tf.reduce_sum(target_probs * (log_q - tf.nn.log_softmax(logits)), axis=1)
+
+
+def consistency(kind, target_probs, logits):
+    """Consistency between a target distribution q (N, K) and the model's p = softmax(logits), per sample:
+      mse: mean_k (p_k - q_k)^2         l1: mean_k |p_k - q_k|
+      kl:  KL(q || p)                   jsd: (KL(q || m) + KL(p || m)) / 2, m = (p + q) / 2
+    """
+    probs = tf.nn.softmax(logits)
+    if kind == 'mse':
+        return tf.reduce_mean(tf.square(probs - target_probs), axis=1)
+    if kind == 'l1':
+        return tf.reduce_mean(tf.abs(probs - target_probs), axis=1)
+    if kind == 'kl':
+        return kl_divergence(target_probs, logits)
+    if kind == 'jsd':
+        middle = (probs + target_probs) / 2
+        log_m = tf.math.log(tf.maximum(middle, 1e-30))
+        kl_q = tf.reduce_sum(target_probs * (tf.math.log(tf.maximum(target_probs, 1e-30)) - log_m), axis=1)
+        kl_p = tf.reduce_sum(probs * (tf.nn.log_softmax(logits) - log_m), axis=1)
+        return (kl_q + kl_p) / 2
+    raise ValueError(f'unknown consistency {kind!r}; one of {CONSISTENCIES}')
+
+
+def entropy(logits):
+    """-sum_k p_k log p_k per sample."""
+    return -tf.reduce_sum(tf.nn.softmax(logits) * tf.nn.log_softmax(logits), axis=1)
+
+
+def sharpen(probs, temperature):
+    """p_k^(1/T) / sum_j p_j^(1/T) per row (MixMatch's temperature sharpening)."""
+    powered = tf.pow(probs, 1 / temperature)
+    return powered / tf.reduce_sum(powered, axis=1, keepdims=True)
+
+
+def mixup_lambda(n, alpha, seed):
+    """(n,) mixing weights lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), stateless."""
+    seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    a = tf.random.stateless_gamma([n], seed_a, alpha)
+    b = tf.random.stateless_gamma([n], seed_b, alpha)
+    lam = a / (a + b)
+    return tf.maximum(lam, 1 - lam)
+
+
+def mixup(x, y, partner_index, lam):
+    """(lam x + (1 - lam) x[partner], lam y + (1 - lam) y[partner]), lam per row (N,)."""
+    shape = [-1] + [1] * (len(x.shape) - 1)
+    lam_x = tf.reshape(lam, shape)
+    mixed_x = lam_x * x + (1 - lam_x) * tf.gather(x, partner_index)
+    mixed_y = lam[:, None] * y + (1 - lam[:, None]) * tf.gather(y, partner_index)
+    return mixed_x, mixed_y
+
+
+def linear_rampup(step, ramp_steps):
+    """min(1, step / ramp_steps) (1 when ramp_steps <= 0), as a float32 scalar."""
+    if ramp_steps <= 0:
+        return tf.constant(1.0)
+    return tf.clip_by_value(tf.cast(step, tf.float32) / ramp_steps, 0.0, 1.0)
+
+
+def step_seed(seed, step, salt):
+    """Stateless seed [2] of one kind of randomness (`salt`) at one training step.
+
+    A function of (seed, step, salt, replica id) only: a resumed run draws exactly what an
+    uninterrupted one would, and the replicas of a multi-device step draw independently."""
+    context = tf.distribute.get_replica_context()
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    key = tf.random.experimental.stateless_fold_in(key, salt)
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(replica, tf.int64))
+
+
+def dessl_mean(h_unlabeled, h_labeled=None):
+    """mean_u h - mean_l h (DeSSL, unbiased under MCAR labels); mean_u h when h_labeled is None."""
+    mean = tf.reduce_mean(h_unlabeled)
+    return mean if h_labeled is None else mean - tf.reduce_mean(h_labeled)
+
+
+def guess_label(probs_views, temperature):
+    """MixMatch's label guess: sharpen(mean_k p_k, T) over K views' probabilities, each (N, C)."""
+    return sharpen(tf.add_n(list(probs_views)) / len(probs_views), temperature)
+
+
+def distribution_alignment(probs, p_labeled, p_model):
+    """ReMixMatch: normalize(p * p_labeled / p_model) per row; p (N, C), p_labeled and p_model (C,)."""
+    aligned = probs * p_labeled / p_model
+    return aligned / tf.reduce_sum(aligned, axis=1, keepdims=True)
+
+
+def mixup_partners(n_rows, n_pool, seed):
+    """(n_rows,) int32 MixUp partners in [0, n_pool): rows [j n_pool, (j+1) n_pool) take the pool
+    in an independent uniformly shuffled order, so the first n_pool rows meet every pool row once
+    (MixMatch's shuffled union of labeled and unlabeled images)."""
+    blocks = (n_rows + n_pool - 1) // n_pool
+    keys = tf.random.stateless_uniform(tf.stack([blocks, n_pool]), seed)
+    return tf.reshape(tf.argsort(keys, axis=1, stable=True), [-1])[:n_rows]
+
+
+def mixmatch_plan(n_rows, n_pool, alpha, seed):
+    """(partners (n_rows,), lambda' (n_rows,)) of a MixMatch MixUp: partners from the first n_pool
+    rows (`mixup_partners`), lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha)."""
+    partner_seed, lambda_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return mixup_partners(n_rows, n_pool, partner_seed), mixup_lambda(n_rows, alpha, lambda_seed)

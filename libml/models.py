@@ -199,3 +199,10 @@ def create_model(arch, nclass, shape, filters=32, scales=0, repeat=4, sync_bn=Fa
 def decay_variables(model):
     """The variables weight decay applies to: every conv and dense kernel (no biases, no BN)."""
     return [v for v in model.trainable_variables if v.path.split('/')[-1] == 'kernel']
+
+
+def with_features(model):
+    """A model sharing `model`'s layers (and variables) that returns [logits (N, nclass), pooled
+    features (N, C)]: the features are the output of the layer named 'pool' (global average pooling)."""
+    return keras.Model(model.inputs, [model.outputs[0], model.get_layer('pool').output],
+                       name=model.name + '_features')

@@ -38,6 +38,7 @@ from libml import augment
 from libml import data
 from libml import metrics
 from libml import models
+from libml import records
 from libml import settings as settings_lib
 from libml import stats
 from libml import utils
@@ -57,8 +58,13 @@ COMMON_PARAMS = dict(
     bn_momentum=Param(0.999, 'Decay of the batch-norm moving statistics used at evaluation.', local=0.99),
     sync_bn=Param(False, 'Batch-norm statistics over the whole global batch (all replicas) instead of per replica.'),
     batch=Param(64, 'Labeled images per step, over all devices.', local=32),
-    lr=Param(0.03, 'Learning rate at the start; lr * cos(7 pi/16 * t/T) after a fraction t/T of training.'),
-    wd=Param(5e-4, 'Weight decay: adds wd * sum(w^2)/2 over conv and dense kernels to the loss.'),
+    lr=Param(0.03, 'Learning rate at the start (see --lr_schedule).'),
+    lr_schedule=Param('cosine', 'Learning rate after a fraction t/T of training: cosine lr*cos(7 pi/16 t/T), '
+                      'constant lr, linear lr*(1 - t/T).', choices=('cosine', 'constant', 'linear')),
+    optimizer=Param('sgd', 'sgd: SGD with Nesterov momentum 0.9 and L2 weight decay in the loss; adam: Adam with '
+                    'decoupled weight decay w <- w - lr*wd*w on the kernels.', choices=('sgd', 'adam')),
+    wd=Param(5e-4, 'Weight decay on conv and dense kernels: sgd adds wd * sum(w^2)/2 to the loss, adam decays '
+             'w by lr*wd*w each step.'),
     ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).',
               local=0.99),
     seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.'),
@@ -76,6 +82,17 @@ COMMON_PARAMS = dict(
     cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.'),
     cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.'),
 )
+DEBIAS_PARAMS = dict(
+    debiased=Param(False, 'DeSSL (Schmutz et al., ICLR 2023): also compute the unlabeled term on the labeled images '
+                   'and subtract it (lambda = --wu); unbiased under labels missing completely at random.'),
+)
+MNAR_PARAMS = dict(
+    mnar_estimate=Param('none', 'Sportisse et al. (ICML 2023): estimate the per-class labeling probabilities '
+                        'phi_k = n_lk / (n p_k) during training (moment) and train on the debiased risk they give.',
+                        choices=('none', 'moment')),
+)
+CLASS_DISTRIBUTION_MOMENTUM = 0.99  # p_hat <- 0.99 p_hat + 0.01 mean_u softmax(weak view)
+MIN_LABELING_PROBABILITY = 1e-3     # guards 1 / phi_k when p_hat_k grows past n_lk / n
 EVAL_SPLITS = ('train_labeled', 'valid', 'test')
 LOG_NAMES = {'losses/xe': 'xe', 'losses/xeu': 'xeu', 'monitors/mask': 'mask'}
 
@@ -96,10 +113,17 @@ class Algorithm:
         self.trainer = trainer
         self.settings = trainer.settings
         self.nclass = trainer.data.nclass
+        self.p_hat = None
 
     @classmethod
     def all_params(cls):
         return {**COMMON_PARAMS, **cls.params}
+
+    @classmethod
+    def adapt_data(cls, data, settings):
+        """The training data this algorithm uses (e.g. every label for a fully supervised baseline)."""
+        del settings
+        return data
 
     @classmethod
     def run(cls, **settings):
@@ -116,13 +140,93 @@ class Algorithm:
 
     def build(self):
         """Creates the algorithm's own state (called inside the strategy scope). Returns a dict
-        of trackables (tf.Variable / tf.Module) to checkpoint."""
-        return {}
+        of trackables (tf.Variable / tf.Module / Keras layers) to checkpoint. Subclasses extend
+        super().build()."""
+        if not self.tracks_class_distribution():
+            return {}
+        self.p_hat = tf.Variable(tf.fill([self.nclass], 1.0 / self.nclass), trainable=False, name='p_hat',
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        data = self.trainer.data
+        self.labeled_counts = tf.constant(np.bincount(data.labeled.labels, minlength=self.nclass), tf.float32)
+        self.n_labeled = float(len(data.labeled.labels))
+        self.n_total = float(len(data.unlabeled) + len(data.valid))
+        return {'p_hat': self.p_hat}
 
-    def forward(self, *parts, training=True):
-        """Logits of several image batches through ONE forward pass (shared batch-norm statistics)."""
-        logits = self.trainer.model(tf.concat(parts, 0), training=training)
+    def tracks_class_distribution(self):
+        """Whether the algorithm keeps p_hat, the moving average of the predicted class distribution."""
+        return self.settings.get('mnar_estimate', 'none') != 'none'
+
+    def update_class_distribution(self, logits):
+        """p_hat <- 0.99 p_hat + 0.01 mean softmax(logits), the mean over the global batch (all replicas).
+        Returns the new p_hat."""
+        local = tf.reduce_mean(tf.nn.softmax(tf.stop_gradient(logits)), axis=0)
+        mean = tf.distribute.get_replica_context().all_reduce('MEAN', local)
+        m = CLASS_DISTRIBUTION_MOMENTUM
+        self.p_hat.assign(m * self.p_hat + (1 - m) * mean)
+        return tf.identity(self.p_hat)
+
+    def labeling_probabilities(self):
+        """phi_k = P(labeled | y = k) = n_lk / (n p_hat_k) (moment estimate), clipped to [1e-3, 1]."""
+        phi = self.labeled_counts / (self.n_total * tf.maximum(self.p_hat, 1e-12))
+        return tf.clip_by_value(phi, MIN_LABELING_PROBABILITY, 1.0)
+
+    def report_scalars(self):
+        """Extra TensorBoard scalars written at every evaluation."""
+        if self.p_hat is None:
+            return {}
+        out = {f'class_distribution/{k:03d}': float(v) for k, v in enumerate(self.p_hat.numpy())}
+        if self.settings.get('mnar_estimate', 'none') != 'none':
+            true = self.trainer.data.label_meta.get('label_probs') or [None] * self.nclass
+            for k, (estimate, truth) in enumerate(zip(self.labeling_probabilities().numpy(), true)):
+                out[f'mnar/phi_estimate/{k:03d}'] = float(estimate)
+                if truth is not None:
+                    out[f'mnar/phi_true/{k:03d}'] = float(truth)
+        return out
+
+    def supervised_loss(self, per_sample, labels):
+        """mean_l H(y, x); with --mnar_estimate: (n_l / n) mean_l[H(y, x) / phi_y]."""
+        if self.settings.get('mnar_estimate', 'none') == 'none':
+            return tf.reduce_mean(per_sample)
+        phi = tf.gather(self.labeling_probabilities(), labels)
+        return self.n_labeled / self.n_total * tf.reduce_mean(per_sample / phi)
+
+    def extra_trainable_variables(self):
+        """Trainable variables of the algorithm's own layers (e.g. a rotation head), trained and
+        averaged by the EMA together with the model's."""
+        return []
+
+    def forward(self, *parts, training=True, update_bn=True):
+        """Logits of several image batches through ONE forward pass (shared batch-norm statistics).
+
+        update_bn=False runs in training mode without updating the batch-norm moving statistics."""
+        images = tf.concat(parts, 0)
+        if update_bn or not training:
+            logits = self.trainer.model(images, training=training)
+        else:
+            model = self.trainer.model
+            logits = model.stateless_call(model.trainable_variables, model.non_trainable_variables, images,
+                                          training=True)[0]
         return tf.split(logits, [tf.shape(p)[0] for p in parts], 0)
+
+    def forward_ema(self, images, training=False):
+        """Logits of the EMA weights (a teacher), without updating any statistics."""
+        return self.trainer.classify_ema(images, training=training)
+
+    def unlabeled_loss(self, unlabeled_term, labeled_term=None, labels=None):
+        """wu * mean_u H(u), minus the same term on the labeled images:
+          --debiased (DeSSL, unbiased under MCAR):  - wu * mean_l H(l)
+          --mnar_estimate (Sportisse et al.):       - wu * n_l/(n - n_l) * mean_l[H(l) (1 - phi_y)/phi_y]
+        unlabeled_term, labeled_term: per-sample H on the unlabeled and on the labeled images; labels:
+        the labeled images' classes (for phi_y). Returns (loss, mean_u H)."""
+        mean_u = tf.reduce_mean(unlabeled_term)
+        loss = self.settings.wu * mean_u
+        if self.settings.get('mnar_estimate', 'none') != 'none':
+            phi = tf.gather(self.labeling_probabilities(), labels)
+            ratio = self.n_labeled / (self.n_total - self.n_labeled)
+            loss -= self.settings.wu * ratio * tf.reduce_mean(labeled_term * (1 - phi) / phi)
+        elif self.settings.get('debiased'):
+            loss -= self.settings.wu * tf.reduce_mean(labeled_term)
+        return loss, mean_u
 
     def loss(self, batch, step):
         """(scalar loss averaged over this replica's batch, dict of scalar logs)."""
@@ -146,6 +250,28 @@ class EMA(tf.Module):
 def cosine_lr(lr, progress):
     """lr * cos(7 pi/16 * progress), progress = fraction of training done, clipped to [0, 1]."""
     return lr * tf.cos(7 * math.pi / 16 * tf.clip_by_value(progress, 0., 1.))
+
+
+def scheduled_lr(schedule, lr, progress):
+    """Learning rate after a fraction `progress` of training: cosine, constant or linear (to 0)."""
+    if schedule == 'cosine':
+        return cosine_lr(lr, progress)
+    if schedule == 'linear':
+        return lr * (1 - tf.clip_by_value(progress, 0., 1.))
+    return lr * tf.ones_like(progress)
+
+
+def make_optimizer(settings, learning_rate, variables, decay_variables):
+    """SGD (Nesterov momentum 0.9; weight decay is an L2 term of the loss) or AdamW with decoupled
+    decay on `decay_variables` only. Built on `variables` so a checkpoint can restore its slots."""
+    if settings.optimizer == 'adam':
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=settings.wd)
+        decayed = {id(v) for v in decay_variables}
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    optimizer.build(variables)
+    return optimizer
 
 
 def weight_l2(variables):
@@ -178,6 +304,15 @@ def split_for_replicas(stream, context):
     return stream.map(split).unbatch()
 
 
+def confusion_image(confusion, size=256):
+    """(1, H, W, 1) image of a confusion matrix (rows = true class), each row divided by its count;
+    cells are enlarged to about `size` pixels in all."""
+    counts = np.asarray(confusion, np.float32)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    scale = max(1, size // len(rates))
+    return np.kron(rates, np.ones((scale, scale), np.float32))[None, :, :, None]
+
+
 def image_grid(rows, columns=8):
     """One image (1, rows*H, columns*W, C) in [0, 1] from a list of image batches in [-1, 1]."""
     lines = [tf.concat(tf.unstack(r[:columns]), axis=1) for r in rows]
@@ -190,7 +325,7 @@ class Trainer:
     def __init__(self, algorithm_cls, settings):
         self.settings = settings
         self.params = algorithm_cls.all_params()
-        self.data = data.load(settings.dataset)
+        self.data = algorithm_cls.adapt_data(data.load(settings.dataset), settings)
         self.run_dir = os.path.join(settings.train_dir, str(self.data.name),
                                     settings_lib.run_name(algorithm_cls.__name__, self.params, settings))
         self.check_settings(algorithm_cls.__name__)
@@ -217,11 +352,12 @@ class Trainer:
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='bad_step',
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            self.optimizer = keras.optimizers.SGD(learning_rate=self.learning_rate, momentum=0.9, nesterov=True)
-            self.optimizer.build(self.model.trainable_variables)
-            self.ema = EMA(self.model.trainable_variables, settings.ema) if settings.ema else None
             self.algorithm = algorithm_cls(self)
             algorithm_state = self.algorithm.build()
+            self.trainable = self.model.trainable_variables + self.algorithm.extra_trainable_variables()
+            self.decay_variables += [v for v in self.algorithm.extra_trainable_variables() if v.path.endswith('kernel')]
+            self.optimizer = make_optimizer(settings, self.learning_rate, self.trainable, self.decay_variables)
+            self.ema = EMA(self.trainable, settings.ema) if settings.ema else None
         state = dict(model=self.model, optimizer=self.optimizer, step=self.step, algorithm=algorithm_state)
         if self.ema:
             state['ema'] = self.ema
@@ -268,16 +404,18 @@ class Trainer:
         policy = self.cta.random_policy(tf.shape(images)[0], policy_seed)
         return dict(image=self.cta.apply(images, policy), ops=policy.ops, bins=policy.bins)
 
-    def classify_ema(self, images):
-        """Logits of the EMA weights (raw weights when --ema=0) in inference mode."""
-        if not self.ema:
+    def classify_ema(self, images, training=False):
+        """Logits of the EMA weights (raw weights when --ema=0), in inference mode by default; never
+        updates the batch-norm statistics."""
+        weights = self.ema.averages[:len(self.model.trainable_variables)] if self.ema \
+            else self.model.trainable_variables
+        if not training and not self.ema:
             return self.model(images, training=False)
-        return self.model.stateless_call(self.ema.averages, self.model.non_trainable_variables, images,
-                                         training=False)[0]
+        return self.model.stateless_call(weights, self.model.non_trainable_variables, images, training=training)[0]
 
     def learning_rate(self):
         progress = tf.cast(self.step, tf.float32) / max(self.steps_total, 1)
-        return cosine_lr(self.settings.lr, progress)
+        return scheduled_lr(self.settings.lr_schedule, self.settings.lr, progress)
 
     # ---- training
 
@@ -289,9 +427,9 @@ class Trainer:
         with tf.GradientTape() as tape:
             loss, logs = self.algorithm.loss(batch, self.step)
             l2 = weight_l2(self.decay_variables)
-            total = loss + self.settings.wd * l2
+            total = loss + self.settings.wd * l2 if self.settings.optimizer == 'sgd' else loss
             scaled = total / self.strategy.num_replicas_in_sync
-        variables = self.model.trainable_variables
+        variables = self.trainable
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         if self.ema:
@@ -435,8 +573,13 @@ class Trainer:
         for k, (name, acc) in enumerate(zip(self.data.info.class_names, ema['test']['per_class'])):
             if acc is not None:
                 scalars[f'per_class/test/{k:03d}_{name}'] = acc
+        for name in ('balanced_accuracy', 'worst_class_accuracy', 'gm_accuracy', 'cross_entropy', 'ece'):
+            scalars[f'metrics/test/{name}'] = ema['test'][name]
+        scalars.update(self.algorithm.report_scalars())
         self.write_scalars(scalars, step)
         self.write_views(step)
+        with self.writer.as_default(step=step):
+            tf.summary.image('confusion/test', confusion_image(ema['test']['confusion']))
         if self.cta:
             with self.writer.as_default(step=step):
                 tf.summary.image('cta/rates', self.cta.rates_image())
@@ -468,6 +611,26 @@ class Trainer:
         if self.epochs:
             out['final'] = self.epochs[-1]
         return out
+
+
+def load_ema_model(run_dir):
+    """(settings dict, DatasetInfo, Keras model holding the EMA weights of the run's newest checkpoint).
+
+    The raw weights are used when the run has no EMA (--ema=0)."""
+    saved = utils.read_json(os.path.join(run_dir, 'args.json'), 'run settings (args.json of a run directory)')
+    info = records.DatasetInfo.load(data.recipe_for(data.parse_name(saved['dataset']).target).base)
+    model = models.create_model(saved['arch'], info.nclass, info.shape, filters=saved['filters'],
+                                scales=saved['scales'], repeat=saved['repeat'], bn_momentum=saved['bn_momentum'])
+    ema = EMA(model.trainable_variables, saved['ema']) if saved['ema'] else None
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, 'tf'))
+    if latest is None:
+        raise utils.UserError(f'no checkpoint in {run_dir}/tf; train the run first (its command is in args.json)')
+    checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    if ema:
+        for variable, average in zip(model.trainable_variables, ema.averages):
+            variable.assign(average)
+    return saved, info, model
 
 
 def main(algorithm_cls):

@@ -61,6 +61,13 @@ def nll(logits, label):
     return -(logits[label] - math.log(sum(math.exp(v) for v in logits)))
 
 
+def fake_trainer(logits, **settings):
+    """A trainer whose model returns fixed logits (rows in the order of the forward pass)."""
+    return types.SimpleNamespace(settings=settings_lib.resolve(fixmatch.FixMatch.all_params(), settings),
+                                 data=types.SimpleNamespace(nclass=logits.shape[1]),
+                                 model=lambda x, training: logits)
+
+
 def test_fixmatch_loss_by_hand():
     labeled = [[2., 0., 0.], [0., 1., 0.]]
     weak = [[10., 0., 0.],   # confidence 0.99991 >= 0.95: pseudo-label 0
@@ -68,10 +75,7 @@ def test_fixmatch_loss_by_hand():
             [0., 0., 5.]]    # confidence e^5 / (e^5 + 2) = 0.9867: pseudo-label 2
     strong = [[0., 1., 0.], [3., 3., 3.], [1., 1., 2.]]
     logits = tf.constant(labeled + weak + strong)
-    trainer = types.SimpleNamespace(settings=settings_lib.Settings(confidence=0.95, wu=2.0),
-                                    data=types.SimpleNamespace(nclass=3),
-                                    model=lambda x, training: logits)
-    algorithm = fixmatch.FixMatch(trainer)
+    algorithm = fixmatch.FixMatch(fake_trainer(logits, wu=2.0))
     batch = dict(x=tf.zeros([2, 1]), label=tf.constant([0, 2]), u_weak=tf.zeros([3, 1]), u_strong=tf.zeros([3, 1]))
     loss, logs = algorithm.loss(batch, tf.constant(0))
     xe = (nll(labeled[0], 0) + nll(labeled[1], 2)) / 2
@@ -80,6 +84,29 @@ def test_fixmatch_loss_by_hand():
     assert float(logs['losses/xeu']) == pytest.approx(xeu, rel=1e-6)
     assert float(logs['monitors/mask']) == pytest.approx(2 / 3)
     assert float(loss) == pytest.approx(xe + 2.0 * xeu, rel=1e-6)
+
+
+def test_defixmatch_loss_by_hand():
+    labeled = [[6., 0., 0.],         # confidence e^6 / (e^6 + 2) = 0.995: pseudo-label 0
+               [0., 0., 1.]]         # confidence 0.576: masked
+    labeled_strong = [[1., 2., 0.], [0., 0., 3.]]
+    weak = [[10., 0., 0.], [1., 0., 0.]]
+    strong = [[0., 1., 0.], [3., 3., 3.]]
+    logits = tf.constant(labeled + labeled_strong + weak + strong)
+    batch = dict(x=tf.zeros([2, 1]), x_strong=tf.zeros([2, 1]), label=tf.constant([0, 2]),
+                 u_weak=tf.zeros([2, 1]), u_strong=tf.zeros([2, 1]))
+    xe = (nll(labeled[0], 0) + nll(labeled_strong[0], 0) + nll(labeled[1], 2) + nll(labeled_strong[1], 2)) / 4
+    h_u = (nll(strong[0], 0) + 0) / 2
+    h_l = (nll(labeled_strong[0], 0) + 0) / 2  # pseudo-label from the model, not the true label
+    loss, logs = fixmatch.FixMatch(fake_trainer(logits, wu=0.5, debiased=True, sup_strong=True)).loss(batch, 0)
+    assert float(logs['losses/xe']) == pytest.approx(xe, rel=1e-6)
+    assert float(loss) == pytest.approx(xe + 0.5 * (h_u - h_l), rel=1e-6)
+    complete_case, _ = fixmatch.FixMatch(fake_trainer(logits, wu=0.0, debiased=True, sup_strong=True)).loss(batch, 0)
+    assert float(complete_case) == pytest.approx(xe, rel=1e-6)
+    views, _ = fixmatch.FixMatch(types.SimpleNamespace(
+        settings=settings_lib.resolve(fixmatch.FixMatch.all_params(), dict(debiased=True)),
+        data=types.SimpleNamespace(nclass=3), view_fn=lambda code: code)).views()
+    assert views == {'x': 'd', 'x_strong': 'cta'}
 
 
 def test_settings_local_defaults_names_and_errors():

@@ -1,0 +1,75 @@
+"""scripts/evaluate.py and scripts/export.py on a short real run."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from libml import data
+from libml import records
+from libml import utils
+from test_train import run_tiny
+
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import evaluate  # noqa: E402
+import export  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def tiny_run(fashion_mnist_root, tmp_path_factory):
+    previous = os.environ.get('ML_DATA')
+    os.environ['ML_DATA'] = fashion_mnist_root
+    try:
+        yield run_tiny(tmp_path_factory.mktemp('run'), train_kimg=0.25, report_kimg=0.25)
+    finally:
+        os.environ['ML_DATA'] = previous or ''
+
+
+def test_evaluate_matches_the_training_evaluation(tiny_run, fashion_mnist):
+    result = evaluate.evaluate(tiny_run['run_dir'])
+    final = tiny_run['final']['ema/test']
+    assert result['images'] == 10000
+    for name in ('accuracy', 'balanced_accuracy', 'worst_class_accuracy', 'gm_accuracy'):
+        assert result[name] == pytest.approx(final[name], abs=0.011), name
+    assert result['cross_entropy'] == pytest.approx(final['cross_entropy'], rel=1e-3)
+    assert len(result['per_class']) == 10 and np.array(result['confusion']).sum() == 10000
+
+
+def test_evaluate_command_line(tiny_run, fashion_mnist):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'evaluate.py'),
+                           f'--run_dir={tiny_run["run_dir"]}', '--dataset=fashion_mnist'],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'gm_accuracy' in done.stdout and 'ece' in done.stdout
+    written = json.load(open(os.path.join(tiny_run['run_dir'], 'stats', 'evaluation_fashion_mnist.json')))
+    assert written['accuracy'] == pytest.approx(tiny_run['accuracy'], abs=0.011)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'evaluate.py'), f'--run_dir={ROOT}'],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and 'error: ' in done.stderr
+
+
+def test_evaluate_refuses_a_dataset_of_other_classes(tiny_run, fashion_mnist):
+    records.write_records(records.record_path('tiny3', 'train'), np.zeros((6, 32, 32, 1), np.uint8), [0, 1, 2] * 2)
+    records.write_records(records.record_path('tiny3', 'test'), np.zeros((3, 32, 32, 1), np.uint8), [0, 1, 2])
+    records.DatasetInfo('tiny3', (32, 32, 1), 3, [], True, 4, dict(train=6, test=3)).save()
+    with pytest.raises(utils.UserError, match='3 classes .* trained on 10 classes'):
+        evaluate.evaluate(tiny_run['run_dir'], 'tiny3')
+
+
+def test_exported_models_classify_raw_images(tiny_run, fashion_mnist, tmp_path):
+    out = export.export(tiny_run['run_dir'], str(tmp_path / 'export'))
+    _, test = data.load_test_set('fashion_mnist')
+    images = test.images[:200].numpy()
+    _, _, model = evaluate.train.load_ema_model(tiny_run['run_dir'])
+    expected = tf.nn.softmax(model(images.astype(np.float32) * 2 / 255 - 1, training=False)).numpy()
+    keras_model = keras.models.load_model(os.path.join(out, 'model.keras'))
+    np.testing.assert_allclose(keras_model.predict(images, verbose=0), expected, atol=1e-5)
+    served = tf.saved_model.load(os.path.join(out, 'saved_model'))
+    np.testing.assert_allclose(served.serve(tf.constant(images)).numpy(), expected, atol=1e-5)
+    assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
