@@ -363,6 +363,8 @@ def run_view(view, fn, pixels, seed):
 def epoch_shuffle(step, count, n, stream, seed):
     """Indices in [0, n) of the `count` draws of a step: position p = step*count + j of an
     endless sequence of permutations, one per epoch e = p // n, keyed by (stream, seed, e)."""
+    if count == 0:
+        return tf.zeros([0], tf.int64)
     positions = tf.cast(step, tf.int64) * count + tf.range(count, dtype=tf.int64)
     epochs = positions // n
     key = tf.stack([tf.fill([count], tf.constant(SHUFFLE_SALT, tf.int64)),

@@ -7,6 +7,7 @@ switch for a small run on a CPU; an explicit flag or keyword always wins. Settin
 left out of the run directory's name and may differ when a run resumes.
 """
 import dataclasses
+import sys
 from typing import Any
 
 from absl import flags
@@ -44,16 +45,17 @@ def define_flags(params):
         if name in flags.FLAGS:
             continue
         text = p.help + (f' [--local: {p.local}]' if p.local is not UNSET else '')
+        where = dict(module_name=sys.argv[0])  # listed by --help of the entry script
         if p.choices:
-            flags.DEFINE_enum(name, p.default, list(p.choices), text)
+            flags.DEFINE_enum(name, p.default, list(p.choices), text, **where)
         elif isinstance(p.default, bool):
-            flags.DEFINE_bool(name, p.default, text)
+            flags.DEFINE_bool(name, p.default, text, **where)
         elif isinstance(p.default, int):
-            flags.DEFINE_integer(name, p.default, text)
+            flags.DEFINE_integer(name, p.default, text, **where)
         elif isinstance(p.default, float):
-            flags.DEFINE_float(name, p.default, text)
+            flags.DEFINE_float(name, p.default, text, **where)
         else:
-            flags.DEFINE_string(name, p.default, text)
+            flags.DEFINE_string(name, p.default, text, **where)
 
 
 def from_flags(params):

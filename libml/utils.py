@@ -14,6 +14,7 @@ import tempfile
 import urllib.request
 
 from absl import app
+from absl import flags
 from absl import logging
 
 
@@ -134,7 +135,13 @@ def run(main):
         except UserError as e:
             print(f'error: {e}', file=sys.stderr)
             sys.exit(2)
-    app.run(wrapped)
+    def parse_flags(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f'error: {e}', file=sys.stderr)
+            sys.exit(2)
+    app.run(wrapped, flags_parser=parse_flags)
 
 
 def remove_tree(path):

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Supervised baselines: the labeled term only, no unlabeled images.
+
+Paper settings (WRN-28-2; time not measured): the complete-case baseline on the labeled split
+(Oliver et al., CIFAR-10 with 4000 labels) and the fully supervised model on every training label:
+  python fully_supervised.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/supervised
+  python fully_supervised.py --dataset=cifar10.1@4000-1 --all_labels --train_dir=./experiments/supervised
+Small local run on a CPU (30 kimg; time not measured):
+  python fully_supervised.py --dataset=fashion_mnist.1@250-1 --local --all_labels
+
+Loss, H = cross-entropy, weak(x) = flip + crop, strong(x) = the S view of --augment=L.W.S:
+  L = mean_l H(y, model(weak(x)))                                         (default)
+  L = mean_l [H(y, model(weak(x))) + H(y, model(strong(x)))] / 2          (--sup_strong, as DeFixMatch)
+--all_labels trains on every labeled image of the training set (the unlabeled pool minus the
+validation images) instead of the labeled split.
+
+No unlabeled images are drawn (there is no --uratio: it is 0).
+Batch norm: ONE forward pass in training mode over the labeled views, updating the moving statistics.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+
+from libml import augment  # noqa: E402
+from libml import consistency_methods as cm  # noqa: E402
+from libml import train  # noqa: E402
+from libml.settings import Param  # noqa: E402
+
+
+class FullySupervised(train.Algorithm):
+    params = dict(
+        all_labels=Param(False, 'Train on every labeled training image (unlabeled pool minus validation) instead of '
+                         'the labeled split.'),
+        sup_strong=Param(False, 'Average the cross-entropies of a weak and a strong view of each labeled image.'),
+        augment=Param('d.d.rac', 'Views L.W.S: L the labeled view, S the strong view of --sup_strong (W is not used: '
+                      'no unlabeled images); codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), '
+                      'cta (CTAugment).'),
+    )
+
+    @classmethod
+    def adapt_data(cls, data, settings):
+        return data.with_all_labels() if settings.all_labels else data
+
+    def views(self):
+        labeled, _, strong = augment.parse_augment(self.settings.augment)
+        make = self.trainer.view_fn
+        labeled_views = {'x': make(labeled)}
+        if self.settings.sup_strong:
+            labeled_views['x_strong'] = make(strong)
+        return labeled_views, {}
+
+    def loss(self, batch, step):
+        del step
+        if not self.settings.sup_strong:
+            xe = cm.supervised_xe(batch['label'], self.forward(batch['x'])[0])
+        else:
+            logits_weak, logits_strong = self.forward(batch['x'], batch['x_strong'])
+            xe = (cm.supervised_xe(batch['label'], logits_weak) + cm.supervised_xe(batch['label'], logits_strong)) / 2
+        return xe, {'losses/xe': xe}
+
+
+if __name__ == '__main__':
+    train.main(FullySupervised)

@@ -1,0 +1,48 @@
+"""Settings and helpers shared by the consistency baselines: Pi-model, Mean Teacher, VAT, ICT and
+Pseudo-Label (Oliver et al., NeurIPS 2018, "Realistic Evaluation of Deep Semi-Supervised Learning").
+
+Each of them minimises
+  L = mean_l H(y, x) + wu * r(t) * (mean_u h(u) [- mean_l h(x) with --debiased])
+with h the method's per-sample unlabeled term and r(t) = min(1, t / warmup steps) a linear ramp-up
+of the weight over --warmup_kimg. --debiased is DeSSL (Schmutz et al., ICLR 2023): h is also
+computed on the labeled images treated as unlabeled (their labels unused) and subtracted, which
+keeps the risk unbiased under MCAR labels for any wu.
+"""
+import tensorflow as tf
+
+from libml import losses
+from libml.settings import Param
+
+# Oliver et al. ramp the weight up over 200k of their 500k iterations: 0.4 of the schedule, here
+# 0.4 * 65536 kimg; --local: 0.4 * 30 kimg.
+WARMUP_KIMG = Param(0.4 * (1 << 16), 'The unlabeled weight grows linearly from 0 to --wu over this many kimg '
+                    '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=12.)
+UNLABELED_RATIO = Param(1, 'Unlabeled images per labeled image in a step.')
+DEBIASED = Param(False, 'DeSSL: subtract the unlabeled term computed on the labeled images treated as unlabeled '
+                 '(unbiased under MCAR labels for any --wu).')
+
+
+def consistency_param(default='mse'):
+    """--consistency: the distance between a target distribution q and the prediction p."""
+    return Param(default, 'Consistency between target q and prediction p: mse mean_k (p-q)^2, l1 mean_k |p-q|, '
+                 'kl KL(q||p), jsd Jensen-Shannon divergence.', choices=losses.CONSISTENCIES)
+
+
+def rampup(algorithm, step):
+    """r(t) = min(1, t / steps of --warmup_kimg), a float32 scalar in [0, 1]."""
+    return losses.linear_rampup(step, algorithm.trainer.kimg_to_steps(algorithm.settings.warmup_kimg))
+
+
+def ramped_unlabeled_loss(algorithm, h_unlabeled, h_labeled, step):
+    """r(t) * wu * (mean_u h - [--debiased] mean_l h) and its logs.
+
+    h_unlabeled (Nu,), h_labeled (Nl,) or None: per-sample unlabeled terms. Returns (scalar loss,
+    {'losses/xeu': mean_u h, 'monitors/wu': the ramped weight r(t) * wu})."""
+    ramp = rampup(algorithm, step)
+    loss, mean_u = algorithm.unlabeled_loss(h_unlabeled, h_labeled)
+    return ramp * loss, {'losses/xeu': mean_u, 'monitors/wu': ramp * algorithm.settings.wu}
+
+
+def supervised_xe(labels, logits):
+    """mean_l H(y, x): cross-entropy of the labeled batch, a scalar."""
+    return tf.reduce_mean(losses.cross_entropy(labels, logits))

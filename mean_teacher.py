@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017), as in Oliver et al. (2018).
+
+Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
+  python mean_teacher.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/mean_teacher
+Small local run on a CPU (30 kimg; time not measured):
+  python mean_teacher.py --dataset=fashion_mnist.1@250-1 --local
+
+The teacher is the exponential moving average of the student's weights, theta' <- a theta' +
+(1 - a) theta after every step with a = --ema (the average every evaluation uses; --ema=0 makes
+the teacher the student itself). With two views a(u) (teacher, W of --augment=L.W.S) and b(u)
+(student, S), q = stop_gradient(softmax(teacher(a(u)))), d = --consistency (default mse):
+  L = mean_l H(y, student(x)) + wu * min(1, t / warmup) * mean_u d(q, softmax(student(b(u))))
+--debiased subtracts wu * r(t) * mean_l d(teacher(x), student(b(x))), with an extra S view b(x).
+
+Batch norm: ONE student forward pass in training mode over the labeled view and b(u) (and b(x)),
+updating the moving statistics. The teacher runs in training mode as in the paper (batch
+statistics of its own batch: a(u), and x separately with --debiased) and never updates them.
+
+Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=4e-4.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+import tensorflow as tf  # noqa: E402
+
+from libml import augment  # noqa: E402
+from libml import consistency_methods as cm  # noqa: E402
+from libml import losses  # noqa: E402
+from libml import train  # noqa: E402
+from libml.settings import Param  # noqa: E402
+
+
+class MeanTeacher(train.Algorithm):
+    params = dict(
+        uratio=cm.UNLABELED_RATIO,
+        wu=Param(8.0, 'Maximum weight of the consistency term (max_consistency_coefficient of Oliver et al.: 8), '
+                 'reached after --warmup_kimg; 0 = complete case.'),
+        warmup_kimg=cm.WARMUP_KIMG,
+        consistency=cm.consistency_param('mse'),
+        augment=Param('d.d.d', 'Views L.W.S: labeled view, teacher view, student view of the unlabeled images; '
+                      'codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), cta (CTAugment).'),
+        debiased=cm.DEBIASED,
+    )
+
+    def views(self):
+        labeled, teacher, student = augment.parse_augment(self.settings.augment)
+        make = self.trainer.view_fn
+        labeled_views = {'x': make(labeled)}
+        if self.settings.debiased:
+            labeled_views['x_student'] = make(student)
+        return labeled_views, {'u_teacher': make(teacher), 'u_student': make(student)}
+
+    def teacher_probs(self, images):
+        """stop_gradient(softmax(teacher(images))): EMA weights, training mode, no statistics update."""
+        return tf.stop_gradient(tf.nn.softmax(self.forward_ema(images, training=True)))
+
+    def loss(self, batch, step):
+        s = self.settings
+        parts = [batch['x']] + ([batch['x_student']] if s.debiased else []) + [batch['u_student']]
+        logits = self.forward(*parts)
+        xe = cm.supervised_xe(batch['label'], logits[0])
+        h_unlabeled = losses.consistency(s.consistency, self.teacher_probs(batch['u_teacher']), logits[-1])
+        h_labeled = losses.consistency(s.consistency, self.teacher_probs(batch['x']), logits[1]) \
+            if s.debiased else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
+        return xe + unlabeled, {'losses/xe': xe, **logs}
+
+
+if __name__ == '__main__':
+    train.main(MeanTeacher)

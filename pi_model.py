@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Pi-model (Laine & Aila, ICLR 2017; Sajjadi et al., NeurIPS 2016), as in Oliver et al. (2018).
+
+Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
+  python pi_model.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/pi_model
+Small local run on a CPU (30 kimg; time not measured):
+  python pi_model.py --dataset=fashion_mnist.1@250-1 --local
+
+Loss, with two views a(u), b(u) of each unlabeled image (--augment=L.W.S: W gives a, S gives b),
+q = stop_gradient(softmax(model(a(u)))), d = --consistency (default mse: mean_k (p_k - q_k)^2):
+  L = mean_l H(y, model(x)) + wu * min(1, t / warmup) * mean_u d(q, softmax(model(b(u))))
+--debiased subtracts wu * r(t) * mean_l d(q(x), softmax(model(b(x)))), with the labeled view x as
+a(x) and an extra S view as b(x).
+
+Batch norm: ONE forward pass in training mode over the labeled view, both unlabeled views (and
+b(x) with --debiased); its batch statistics cover all of them and it updates the moving statistics
+once per step.
+
+Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=3e-4.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+import tensorflow as tf  # noqa: E402
+
+from libml import augment  # noqa: E402
+from libml import consistency_methods as cm  # noqa: E402
+from libml import losses  # noqa: E402
+from libml import train  # noqa: E402
+from libml.settings import Param  # noqa: E402
+
+
+class PiModel(train.Algorithm):
+    params = dict(
+        uratio=cm.UNLABELED_RATIO,
+        wu=Param(20.0, 'Maximum weight of the consistency term (max_consistency_coefficient of Oliver et al.: 20), '
+                 'reached after --warmup_kimg; 0 = complete case.'),
+        warmup_kimg=cm.WARMUP_KIMG,
+        consistency=cm.consistency_param('mse'),
+        augment=Param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, unlabeled view trained '
+                      'on; codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), cta (CTAugment).'),
+        debiased=cm.DEBIASED,
+    )
+
+    def views(self):
+        labeled, target, student = augment.parse_augment(self.settings.augment)
+        make = self.trainer.view_fn
+        labeled_views = {'x': make(labeled)}
+        if self.settings.debiased:
+            labeled_views['x_student'] = make(student)
+        return labeled_views, {'u_target': make(target), 'u_student': make(student)}
+
+    def loss(self, batch, step):
+        s = self.settings
+        parts = [batch['x']] + ([batch['x_student']] if s.debiased else []) + [batch['u_target'], batch['u_student']]
+        logits = self.forward(*parts)
+        logits_x, logits_target, logits_student = logits[0], logits[-2], logits[-1]
+        xe = cm.supervised_xe(batch['label'], logits_x)
+        h_unlabeled = pi_term(s.consistency, logits_target, logits_student)
+        h_labeled = pi_term(s.consistency, logits_x, logits[1]) if s.debiased else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
+        return xe + unlabeled, {'losses/xe': xe, **logs}
+
+
+def pi_term(kind, logits_target, logits_student):
+    """d(stop_gradient(softmax(target view)), softmax(student view)) per sample (N,)."""
+    return losses.consistency(kind, tf.stop_gradient(tf.nn.softmax(logits_target)), logits_student)
+
+
+if __name__ == '__main__':
+    train.main(PiModel)

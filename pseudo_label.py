@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Pseudo-Label (Lee, ICML 2013 workshop), as in Oliver et al. (2018).
+
+Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
+  python pseudo_label.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/pseudo_label
+Small local run on a CPU (30 kimg; time not measured):
+  python pseudo_label.py --dataset=fashion_mnist.1@250-1 --local
+
+The model labels each unlabeled image with its own confident prediction and trains on it, both
+on the same (weak flip + crop) view: with p(u) = stop_gradient(softmax(model(u))), tau = --threshold,
+  L = mean_l H(y, model(x)) + wu * min(1, t / warmup) * mean_u[ 1(max p(u) >= tau) * H(argmax p(u), model(u)) ]
+The mean runs over all unlabeled images (masked ones count as 0). --debiased subtracts the same
+term computed on the labeled images (pseudo-labels from the model, not the true labels).
+
+Batch norm: ONE forward pass in training mode over the labeled and the unlabeled batch, updating
+the moving statistics once per step.
+
+Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=3e-4.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+import tensorflow as tf  # noqa: E402
+
+from libml import consistency_methods as cm  # noqa: E402
+from libml import losses  # noqa: E402
+from libml import train  # noqa: E402
+from libml.settings import Param  # noqa: E402
+
+
+class PseudoLabel(train.Algorithm):
+    params = dict(
+        uratio=cm.UNLABELED_RATIO,
+        wu=Param(1.0, 'Maximum weight of the pseudo-label term (Oliver et al.: 1), reached after --warmup_kimg; '
+                 '0 = complete case.'),
+        warmup_kimg=cm.WARMUP_KIMG,
+        threshold=Param(0.95, 'Confidence threshold tau: only predictions with max softmax >= tau become labels.'),
+        debiased=cm.DEBIASED,
+    )
+
+    def views(self):
+        weak = self.trainer.view_fn('d')
+        return {'x': weak}, {'u': weak}
+
+    def loss(self, batch, step):
+        s = self.settings
+        logits_x, logits_u = self.forward(batch['x'], batch['u'])
+        xe = cm.supervised_xe(batch['label'], logits_x)
+        h_unlabeled, mask = losses.pseudo_label_term(logits_u, logits_u, s.threshold)
+        h_labeled = losses.pseudo_label_term(logits_x, logits_x, s.threshold)[0] if s.debiased else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
+        return xe + unlabeled, {'losses/xe': xe, **logs, 'monitors/mask': tf.reduce_mean(mask)}
+
+
+if __name__ == '__main__':
+    train.main(PseudoLabel)
