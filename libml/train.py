@@ -23,8 +23,10 @@ augmented views it needs and its loss. Everything else lives here:
 Run directory: <train_dir>/<dataset>/<algorithm and its non-default settings>/ with args.json,
 tf/ (TensorBoard events and checkpoints) and stats/ (one JSON line of metrics per epoch).
 """
+import json
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -78,6 +80,14 @@ COMMON_PARAMS = dict(
                     identity=False),
     steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False),
     eval_batch=Param(500, 'Images per evaluation batch.', identity=False),
+    precision=Param('float32', 'Compute precision: mixed_float16 or mixed_bfloat16 run the layers in 16 bits, with '
+                    'float32 variables, logits, softmax and losses (float16 with dynamic loss scaling).',
+                    choices=('float32', 'mixed_float16', 'mixed_bfloat16')),
+    xla=Param(False, 'Compile each replica\'s forward and backward pass with XLA (augmentation stays outside: its '
+              'geometric ops have no XLA kernel).', identity=False),
+    deterministic=Param(False, 'Deterministic ops, and CTAugment strong views made in the training step from the '
+                        'current rates (not ahead in the input pipeline): the same run gives the same weights.',
+                        identity=False),
     cta_depth=Param(2, 'CTAugment: operations per policy.'),
     cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.'),
     cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.'),
@@ -270,6 +280,8 @@ def make_optimizer(settings, learning_rate, variables, decay_variables):
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
     else:
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    if settings.precision == 'mixed_float16':  # dynamic loss scaling; steps with inf/NaN gradients are skipped
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)
     return optimizer
 
@@ -279,15 +291,39 @@ def weight_l2(variables):
     return tf.add_n([tf.nn.l2_loss(v) for v in variables])
 
 
+STRATEGIES = {}  # one strategy per device set and process: new ones would reuse collective keys
+
+
 def make_strategy(devicenum=0):
-    """MirroredStrategy over the visible GPUs (or configured logical CPUs) when there are several,
-    else the default strategy. devicenum caps the number of devices (0 = all)."""
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several tasks (one process per host, started
+    with its own TF_CONFIG); else MirroredStrategy over the visible GPUs (or configured logical CPUs)
+    when there are several; else the default strategy. devicenum caps the local devices (0 = all)."""
+    cluster = json.loads(os.environ.get('TF_CONFIG') or '{}').get('cluster', {})
+    if sum(len(tasks) for tasks in cluster.values()) > 1:
+        key = ('multi-worker',)
+        if key not in STRATEGIES:
+            STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        return STRATEGIES[key]
     devices = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
     if devicenum:
         devices = devices[:devicenum]
-    if len(devices) > 1:
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    return tf.distribute.get_strategy()
+    if len(devices) < 2:
+        return tf.distribute.get_strategy()
+    key = tuple(d.name for d in devices)
+    if key not in STRATEGIES:
+        STRATEGIES[key] = tf.distribute.MirroredStrategy(list(key))
+    return STRATEGIES[key]
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, summaries and statistics: the only process, the
+    'chief' task, or worker 0 of a cluster without a chief."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == 'chief':
+        return True
+    return resolver.task_type == 'worker' and resolver.task_id == 0 and 'chief' not in resolver.cluster_spec().as_dict()
 
 
 def split_for_replicas(stream, context):
@@ -325,11 +361,14 @@ class Trainer:
     def __init__(self, algorithm_cls, settings):
         self.settings = settings
         self.params = algorithm_cls.all_params()
+        if settings.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self.strategy = make_strategy(settings.devicenum)  # first: multi-worker collectives start with the program
+        self.is_chief = is_chief(self.strategy)
         self.data = algorithm_cls.adapt_data(data.load(settings.dataset), settings)
         self.run_dir = os.path.join(settings.train_dir, str(self.data.name),
                                     settings_lib.run_name(algorithm_cls.__name__, self.params, settings))
         self.check_settings(algorithm_cls.__name__)
-        self.strategy = make_strategy(settings.devicenum)
         replicas = self.strategy.num_replicas_in_sync
         if settings.batch % replicas:
             raise utils.UserError(f'--batch={settings.batch} does not split evenly over {replicas} devices; '
@@ -338,6 +377,7 @@ class Trainer:
         self.steps_report = max(1, self.kimg_to_steps(settings.report_kimg))
         self.steps_save = max(1, self.kimg_to_steps(settings.save_kimg))
         keras.utils.set_random_seed(settings.seed)
+        keras.mixed_precision.set_global_policy(settings.precision)
         self.cta = None
         if 'cta' in augment.parse_augment(settings.get('augment', 'd.d.d')):
             with tf.device('/cpu:0'):  # read by the input pipeline on the CPU, updated by the train step
@@ -364,13 +404,20 @@ class Trainer:
         if self.cta:
             state['cta'] = self.cta
         self.checkpoint = tf.train.Checkpoint(**state)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.run_dir, 'tf'),
-                                                  max_to_keep=settings.keep_ckpt, checkpoint_name='ckpt')
+        self.checkpoint_dir = os.path.join(self.run_dir, 'tf')
+        # every worker saves (the save is collective); only the chief's copy is kept
+        save_dir = self.checkpoint_dir if self.is_chief else tempfile.mkdtemp(prefix='worker_checkpoint_')
+        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir, max_to_keep=settings.keep_ckpt,
+                                                  checkpoint_name='ckpt')
         self.labeled_views, self.unlabeled_views = self.algorithm.views()
+        self.step_views = [name for name, fn in {**self.labeled_views, **self.unlabeled_views}.items()
+                           if getattr(fn, 'in_step', False)]
         if self.cta:
             self.labeled_views['probe'] = self.probe_view
-        self.writer = tf.summary.create_file_writer(os.path.join(self.run_dir, 'tf'))
+        self.writer = tf.summary.create_file_writer(self.checkpoint_dir) if self.is_chief \
+            else tf.summary.create_noop_writer()
         self.train_call = tf.function(self._train_call)
+        self.gradients = tf.function(self._gradients, jit_compile=True) if settings.xla else self._gradients
         self.predict_raw = tf.function(lambda x: self.model(x, training=False))
         self.predict_ema = tf.function(self.classify_ema)
 
@@ -391,11 +438,33 @@ class Trainer:
                 text = ', '.join(f'{name}: {old!r} -> {new!r}' for name, old, new in diffs)
                 raise utils.UserError(f'run directory {self.run_dir} was made with different settings ({text}); '
                                       f'resume with the same settings or choose another --train_dir')
-        utils.write_json(path, saved)
+        if self.is_chief:
+            utils.write_json(path, saved)
 
     def view_fn(self, code):
-        """fn(images in [0, 1], seed) of one --augment code for this dataset."""
-        return augment.view_fn(code, flip=self.data.info.flip, pad=self.data.info.pad, cta=self.cta)
+        """fn(images in [0, 1], seed) of one --augment code for this dataset. With --deterministic a
+        'cta' view is only weakly augmented in the pipeline and marked `in_step`: the training step
+        applies CTAugment to it (see strong_in_step)."""
+        info = self.data.info
+        if code == 'cta' and self.settings.deterministic:
+            fn = augment.view_fn('d', flip=info.flip, pad=info.pad)
+            fn.in_step = True
+            return fn
+        return augment.view_fn(code, flip=info.flip, pad=info.pad, cta=self.cta)
+
+    def strong_in_step(self, batch):
+        """The batch with CTAugment applied to the `in_step` views, from the current rates, seeded by
+        (seed, step, view, replica)."""
+        if not self.step_views:
+            return batch
+        batch = dict(batch)
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+        step_seed = tf.stack([tf.cast(self.settings.seed, tf.int64), self.step])
+        for number, name in enumerate(self.step_views):
+            seed = tf.random.experimental.stateless_fold_in(step_seed, 1000 + number)
+            seed = tf.random.experimental.stateless_fold_in(seed, replica)
+            batch[name] = data.to_unit_range(self.cta.strong((batch[name] + 1) / 2, seed))
+        return batch
 
     def probe_view(self, images, seed):
         """CTAugment probe: the weak view under a random policy (uniform ops and levels)."""
@@ -419,18 +488,23 @@ class Trainer:
 
     # ---- training
 
+    def _gradients(self, batch):
+        """(total loss, L2 term, logs, gradients) of this replica's batch; XLA-compiled with --xla."""
+        with tf.GradientTape() as tape:
+            loss, logs = self.algorithm.loss(batch, self.step)
+            l2 = weight_l2(self.decay_variables)
+            total = loss + self.settings.wd * l2 if self.settings.optimizer == 'sgd' else loss
+            scaled = self.optimizer.scale_loss(total / self.strategy.num_replicas_in_sync)
+        return total, l2, logs, tape.gradient(scaled, self.trainable)
+
     def _replica_step(self, batch):
         probe = ()
         if self.cta:  # score the probe with the EMA model before this step's update
             probs = tf.nn.softmax(self.classify_ema(batch['probe']))
             probe = (cta.proximity(probs, batch['label']), batch['probe_ops'], batch['probe_bins'])
-        with tf.GradientTape() as tape:
-            loss, logs = self.algorithm.loss(batch, self.step)
-            l2 = weight_l2(self.decay_variables)
-            total = loss + self.settings.wd * l2 if self.settings.optimizer == 'sgd' else loss
-            scaled = total / self.strategy.num_replicas_in_sync
+        batch = self.strong_in_step(batch)
+        total, l2, logs, gradients = self.gradients(batch)
         variables = self.trainable
-        gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         if self.ema:
             self.ema.update(variables)
@@ -465,8 +539,10 @@ class Trainer:
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def restore(self):
-        """Restores the newest readable checkpoint; returns its step (0 when none)."""
-        for path in reversed(self.manager.checkpoints):
+        """Restores the newest readable checkpoint of the run (every worker reads the chief's);
+        returns its step (0 when none)."""
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
+        for path in reversed(state.all_model_checkpoint_paths if state else []):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (tf.errors.OpError, AssertionError, ValueError) as e:
@@ -491,7 +567,7 @@ class Trainer:
         iterator = iter(self.train_dataset(start))
         step = start
         bar = utils.progress(total=self.steps_total, initial=start, unit='step', desc=self.data.name.target,
-                             leave=True)
+                             leave=True, disable=not self.is_chief or None)
         averages, seen = {}, 0
         summary_every = max(1, self.steps_report // 16)
         try:
@@ -509,17 +585,23 @@ class Trainer:
                     self.write_scalars({k: v / seen for k, v in averages.items()}, step)
                     averages, seen = {}, 0
                 bar.set_postfix(self.postfix(logs), refresh=False)
-                if step % self.steps_report == 0 or step == self.steps_total:
+                if self.is_chief and (step % self.steps_report == 0 or step == self.steps_total):
                     self.report(step)
                     bar.set_postfix(self.postfix(logs))
                 if step % self.steps_save == 0 or step == self.steps_total:
-                    self.manager.save(checkpoint_number=step)
+                    self.save(step)
         finally:
             bar.close()
             self.writer.flush()
-        if start >= self.steps_total and not self.epochs:
+        if start >= self.steps_total and not self.epochs and self.is_chief:
             self.report(step)
         return self.results()
+
+    def save(self, step):
+        """Checkpoint of `step`; a non-chief worker's copy goes to a temporary folder, then away."""
+        self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            utils.remove_tree(self.manager.directory)
 
     @staticmethod
     def next_multiple(step, every):
