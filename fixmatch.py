@@ -63,8 +63,8 @@ class FixMatch(train.Algorithm):
         cap_form=Param('released', 'released: -log p(y|x) - log w (as the released code; gradient unweighted); '
                        'ipw: w * -log p(y|x).', choices=('released', 'ipw')),
         cai_beta=Param(0.5, 'Exponent beta of the CAI thresholds.'),
-        **train.DEBIAS_PARAMS,
-        **train.MNAR_PARAMS,
+        debiased=train.DEBIASED,
+        mnar_estimate=train.MNAR_ESTIMATE,
     )
 
     def __init__(self, trainer):

@@ -50,7 +50,7 @@ class ICT(train.Algorithm):
         warmup_kimg=cm.WARMUP_KIMG,
         beta=Param(0.5, 'MixUp lambda ~ Beta(beta, beta) (Verma et al.: 1.0 on CIFAR-10, 0.1 on SVHN).'),
         consistency=cm.consistency_param('mse'),
-        debiased=cm.DEBIASED,
+        debiased=train.DEBIASED,
         optimizer=dataclasses.replace(train.COMMON_PARAMS['optimizer'], default='adam'),
         lr=dataclasses.replace(train.COMMON_PARAMS['lr'], default=0.002),
     )

@@ -44,7 +44,7 @@ class MeanTeacher(train.Algorithm):
         consistency=cm.consistency_param('mse'),
         augment=Param('d.d.d', 'Views L.W.S: labeled view, teacher view, student view of the unlabeled images; '
                       'codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), cta (CTAugment).'),
-        debiased=cm.DEBIASED,
+        debiased=train.DEBIASED,
     )
 
     def views(self):

@@ -62,7 +62,7 @@ class MixMatch(train.Algorithm):
                           'classes), kl KL(guess || p), jsd Jensen-Shannon.', choices=losses.CONSISTENCIES),
         augment=Param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K unlabeled views '
                       '(S is not used); codes d (flip + crop), x (none), ra, rac, cta.'),
-        debiased=Param(False, 'DeSSL: subtract the unlabeled term computed on the labeled images.'),
+        debiased=train.DEBIASED,
     )
 
     def views(self):

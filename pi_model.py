@@ -43,7 +43,7 @@ class PiModel(train.Algorithm):
         consistency=cm.consistency_param('mse'),
         augment=Param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, unlabeled view trained '
                       'on; codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), cta (CTAugment).'),
-        debiased=cm.DEBIASED,
+        debiased=train.DEBIASED,
     )
 
     def views(self):

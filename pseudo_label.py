@@ -39,7 +39,7 @@ class PseudoLabel(train.Algorithm):
                  '0 = complete case.'),
         warmup_kimg=cm.WARMUP_KIMG,
         threshold=Param(0.95, 'Confidence threshold tau: only predictions with max softmax >= tau become labels.'),
-        debiased=cm.DEBIASED,
+        debiased=train.DEBIASED,
     )
 
     def views(self):

@@ -81,7 +81,7 @@ class ReMixMatch(train.Algorithm):
         beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda).'),
         augment=Param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views; codes d (flip + crop), '
                       'x (none), ra, rac, cta (CTAugment, the paper\'s).'),
-        debiased=Param(False, 'DeSSL: subtract every unlabeled term computed on the labeled images.'),
+        debiased=train.DEBIASED,
     )
 
     def build(self):

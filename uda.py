@@ -52,7 +52,7 @@ class UDA(train.Algorithm):
         we=Param(0.0, 'Weight of the entropy of the strong-view prediction (entropy minimisation).'),
         augment=Param('d.d.rac', 'Augmentation of the labeled, weak and strong views: L.W.S with codes '
                       'd (flip + crop), x (none), ra (RandAugment), rac (RandAugment + cutout), cta (CTAugment).'),
-        debiased=Param(False, 'DeSSL: subtract the unlabeled terms computed on the labeled images.'),
+        debiased=train.DEBIASED,
     )
 
     def views(self):

@@ -57,7 +57,7 @@ class VAT(train.Algorithm):
                       '(6 for CIFAR-10, 1 for SVHN).'),
         vat_xi=Param(1e-6, 'L2 norm xi of the probe perturbation of the power iteration.'),
         entmin_weight=Param(0.0, 'Weight of entropy minimisation on the unlabeled images (VAT+EM: 0.06).'),
-        debiased=cm.DEBIASED,
+        debiased=train.DEBIASED,
         optimizer=dataclasses.replace(train.COMMON_PARAMS['optimizer'], default='adam'),
         lr=dataclasses.replace(train.COMMON_PARAMS['lr'], default=0.003),
     )

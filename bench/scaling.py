@@ -21,12 +21,8 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string('dataset', 'fashion_mnist.1@40-1', 'Training data (converted automatically when offline).')
-flags.DEFINE_integer('filters', 32, 'WRN width (32 = WRN-28-2).')
-flags.DEFINE_integer('repeat', 4, 'Blocks per WRN stage (4 = WRN-28).')
-flags.DEFINE_integer('batch', 64, 'Labeled images per step (global, over the replicas).')
-flags.DEFINE_integer('uratio', 7, 'Unlabeled images per labeled image.')
-flags.DEFINE_string('augment', 'd.d.cta', 'Views: labeled.weak.strong.')
+import common  # noqa: E402
+
 flags.DEFINE_integer('steps', 5, 'Timed steps per measurement.')
 FLAGS = flags.FLAGS
 
@@ -39,12 +35,8 @@ def split_cpu_if_needed():
 
 
 def images_per_second(devices):
-    import fixmatch
-    from libml import settings, train
     with tempfile.TemporaryDirectory() as train_dir:
-        values = dict(dataset=FLAGS.dataset, train_dir=train_dir, filters=FLAGS.filters, repeat=FLAGS.repeat,
-                      batch=FLAGS.batch, uratio=FLAGS.uratio, augment=FLAGS.augment, devicenum=devices)
-        trainer = train.Trainer(fixmatch.FixMatch, settings.resolve(fixmatch.FixMatch.all_params(), values))
+        trainer = common.fixmatch_trainer(train_dir, devicenum=devices)
         iterator = iter(trainer.train_dataset(0))
         one = tf.constant(1, tf.int64)
         float(trainer.train_call(iterator, one)['losses/xe'])  # compile and warm up
@@ -54,7 +46,7 @@ def images_per_second(devices):
         float(logs['losses/xe'])
         seconds = (time.perf_counter() - start) / FLAGS.steps
         kind = trainer.strategy.extended.worker_devices
-    return FLAGS.batch * (1 + 2 * FLAGS.uratio) / seconds, kind
+    return common.images_per_step() / seconds, kind
 
 
 def main(argv):

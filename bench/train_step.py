@@ -9,7 +9,10 @@ Images per step = batch * (1 + 2 * uratio) (960 for the paper's 64 + 448 + 448).
 
   python bench/train_step.py                      # WRN-28-2, batch 64, uratio 7 (paper step)
   python bench/train_step.py --filters=16 --batch=32 --repeat=2   # the --local model
-The last line prints the ratio full / bare (goal: >= 0.9).
+  python bench/train_step.py --settings=float32,float32+xla,mixed_bfloat16,mixed_float16+xla
+Each setting (precision, +xla for the XLA-compiled model step) is timed as a full step; the first
+one is also timed as a bare step. The last line prints full / bare (goal: >= 0.9) and every
+setting's images/s as a ratio of the first setting's.
 """
 import os
 import sys
@@ -23,26 +26,20 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-import fixmatch  # noqa: E402
-from libml import settings  # noqa: E402
-from libml import train  # noqa: E402
+import common  # noqa: E402
 
-flags.DEFINE_string('dataset', 'fashion_mnist.1@40-1', 'Training data (converted automatically when offline).')
-flags.DEFINE_integer('filters', 32, 'WRN width (32 = WRN-28-2).')
-flags.DEFINE_integer('repeat', 4, 'Blocks per WRN stage (4 = WRN-28).')
-flags.DEFINE_integer('batch', 64, 'Labeled images per step.')
-flags.DEFINE_integer('uratio', 7, 'Unlabeled images per labeled image.')
-flags.DEFINE_string('augment', 'd.d.cta', 'Views: labeled.weak.strong.')
 flags.DEFINE_integer('steps', 6, 'Timed steps per measurement.')
 flags.DEFINE_integer('repeats', 2, 'Measurements of each kind (alternating); the best one counts.')
 flags.DEFINE_integer('steps_per_call', 1, 'Training steps per compiled call.')
+flags.DEFINE_list('settings', ['float32'], 'Settings to time: precision[+xla], precision in float32, mixed_float16, '
+                  'mixed_bfloat16; the first is the baseline.')
 FLAGS = flags.FLAGS
 
 
-def make_trainer(train_dir):
-    values = dict(dataset=FLAGS.dataset, train_dir=train_dir, filters=FLAGS.filters, repeat=FLAGS.repeat,
-                  batch=FLAGS.batch, uratio=FLAGS.uratio, augment=FLAGS.augment, steps_per_call=FLAGS.steps_per_call)
-    return train.Trainer(fixmatch.FixMatch, settings.resolve(fixmatch.FixMatch.all_params(), values))
+def make_trainer(train_dir, setting):
+    precision, _, xla = setting.partition('+')
+    return common.fixmatch_trainer(train_dir, steps_per_call=FLAGS.steps_per_call, precision=precision,
+                                   xla=xla == 'xla')
 
 
 def bare_step_fn(trainer, images, labels):
@@ -68,42 +65,56 @@ def timed(fn, steps):
     return (time.perf_counter() - start) / steps
 
 
+def full_step_seconds(trainer):
+    """Best seconds per step of the real training call over FLAGS.repeats measurements."""
+    iterator = iter(trainer.train_dataset(0))
+    calls = max(1, FLAGS.steps // FLAGS.steps_per_call)
+
+    def full(steps):
+        for _ in range(calls):
+            out = trainer.train_call(iterator, tf.constant(FLAGS.steps_per_call, tf.int64))
+        return out
+    full(1)  # compile and warm up
+    return min(timed(full, calls * FLAGS.steps_per_call) for _ in range(FLAGS.repeats))
+
+
+def bare_step_seconds(trainer):
+    """Best seconds per step of forward + backward + update on one fixed batch of the same images."""
+    batch = next(iter(trainer.data.train_stream(FLAGS.batch, FLAGS.uratio, trainer.labeled_views,
+                                                trainer.unlabeled_views, end_step=1)))
+    images = tf.concat([batch['x'], batch['u_weak'], batch['u_strong']], 0)
+    bare_step = bare_step_fn(trainer, images, tf.cast(batch['label'], tf.int32))
+
+    def bare(steps):
+        for _ in range(steps):
+            out = bare_step()
+        return out
+    bare(1)
+    return min(timed(bare, FLAGS.steps) for _ in range(FLAGS.repeats))
+
+
 def main(argv):
     del argv
-    with tempfile.TemporaryDirectory() as train_dir:
-        trainer = make_trainer(train_dir)
-        iterator = iter(trainer.train_dataset(0))
-        calls = max(1, FLAGS.steps // FLAGS.steps_per_call)
-
-        def full(steps):
-            for _ in range(calls):
-                out = trainer.train_call(iterator, tf.constant(FLAGS.steps_per_call, tf.int64))
-            return out
-
-        batch = next(iter(trainer.data.train_stream(FLAGS.batch, FLAGS.uratio, trainer.labeled_views,
-                                                    trainer.unlabeled_views, end_step=1)))
-        images = tf.concat([batch['x'], batch['u_weak'], batch['u_strong']], 0)
-        labels = tf.cast(batch['label'], tf.int32)
-        bare_step = bare_step_fn(trainer, images, labels)
-
-        def bare(steps):
-            for _ in range(steps):
-                out = bare_step()
-            return out
-
-        per_step = images.shape[0]
-        full(1), bare(1)  # compile and warm up
-        best = {'full': float('inf'), 'bare': float('inf')}
-        for _ in range(FLAGS.repeats):
-            best['full'] = min(best['full'], timed(full, calls * FLAGS.steps_per_call))
-            best['bare'] = min(best['bare'], timed(bare, FLAGS.steps))
+    per_step = common.images_per_step()
+    seconds, bare = {}, None
+    for setting in FLAGS.settings:
+        with tempfile.TemporaryDirectory() as train_dir:
+            trainer = make_trainer(train_dir, setting)
+            if bare is None:
+                bare = bare_step_seconds(trainer)
+                name = trainer.model.name
+                params = trainer.model.count_params() / 1e6
+            seconds[setting] = full_step_seconds(trainer)
     device = (tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU'))[0].device_type
-    print(f'{trainer.model.name} ({trainer.model.count_params() / 1e6:.2f} M parameters), {per_step} images/step, '
-          f'augment {FLAGS.augment}, {device}, {os.cpu_count()} CPUs')
-    print(f'{"step":40s} {"images/s":>10s} {"ms/step":>9s}')
-    for name, label in (('bare', 'bare forward+backward+update'), ('full', 'full FixMatch step (pipeline+aug+EMA)')):
-        print(f'{label:40s} {per_step / best[name]:10.1f} {1000 * best[name]:9.1f}')
-    print(f'ratio full / bare images/s: {best["bare"] / best["full"]:.3f}')
+    baseline = FLAGS.settings[0]
+    print(f'{name} ({params:.2f} M parameters), {per_step} images/step, augment {FLAGS.augment}, {device}, '
+          f'{os.cpu_count()} CPUs, {FLAGS.steps_per_call} step(s) per call')
+    print(f'{"step":44s} {"images/s":>10s} {"ms/step":>9s}')
+    print(f'{"bare forward+backward+update (" + baseline + ")":44s} {per_step / bare:10.1f} {1000 * bare:9.1f}')
+    for setting, t in seconds.items():
+        print(f'{"full FixMatch step, " + setting:44s} {per_step / t:10.1f} {1000 * t:9.1f}')
+    ratios = ', '.join(f'{setting} {seconds[baseline] / t:.2f}x' for setting, t in seconds.items())
+    print(f'ratio full / bare images/s ({baseline}): {bare / seconds[baseline]:.3f}; vs {baseline}: {ratios}')
 
 
 if __name__ == '__main__':

@@ -18,8 +18,6 @@ from libml.settings import Param
 WARMUP_KIMG = Param(0.4 * (1 << 16), 'The unlabeled weight grows linearly from 0 to --wu over this many kimg '
                     '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=12.)
 UNLABELED_RATIO = Param(1, 'Unlabeled images per labeled image in a step.')
-DEBIASED = Param(False, 'DeSSL: subtract the unlabeled term computed on the labeled images treated as unlabeled '
-                 '(unbiased under MCAR labels for any --wu).')
 
 
 def consistency_param(default='mse'):

@@ -40,6 +40,16 @@ def metric_values(epochs, metric):
     return [e['ema/test'][metric] for e in epochs]
 
 
+def summary_main(metric, output):
+    """The main() of scripts/extract_*.py: summarize each RUN_DIR argument and print the result."""
+    def main(argv):
+        if len(argv) < 2:
+            raise utils.UserError(f'usage: {os.path.basename(argv[0])} RUN_DIR [RUN_DIR ...]')
+        for run_dir in argv[1:]:
+            print(run_dir, json.dumps(summarize(run_dir, metric, output), sort_keys=True))
+    return main
+
+
 def summarize(run_dir, metric, output):
     """Writes <run_dir>/stats/<output> with the medians of the last epochs' EMA test `metric`."""
     summary = last_medians(metric_values(read_epochs(run_dir), metric))

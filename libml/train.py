@@ -16,9 +16,12 @@ augmented views it needs and its loss. Everything else lives here:
              place: a killed run resumes from its last complete checkpoint). Batches and
              augmentations are a function of (seed, step), so a resumed run sees exactly what an
              uninterrupted one would;
-  devices    a tf.distribute strategy: MirroredStrategy when several GPUs are visible (or logical
+  devices    a tf.distribute strategy: MultiWorkerMirroredStrategy when TF_CONFIG names several
+             hosts (only the chief writes), MirroredStrategy when several GPUs are visible (or logical
              CPUs are configured), the default strategy otherwise. Each replica gets its slice of
-             every part of the global batch (labeled, weak, strong).
+             every part of the global batch (labeled, weak, strong);
+  speed      --precision (mixed float16 / bfloat16), --xla (the forward/backward of each replica),
+             --steps_per_call; --deterministic for bit-identical runs.
 
 Run directory: <train_dir>/<dataset>/<algorithm and its non-default settings>/ with args.json,
 tf/ (TensorBoard events and checkpoints) and stats/ (one JSON line of metrics per epoch).
@@ -92,15 +95,11 @@ COMMON_PARAMS = dict(
     cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.'),
     cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.'),
 )
-DEBIAS_PARAMS = dict(
-    debiased=Param(False, 'DeSSL (Schmutz et al., ICLR 2023): also compute the unlabeled term on the labeled images '
-                   'and subtract it (lambda = --wu); unbiased under labels missing completely at random.'),
-)
-MNAR_PARAMS = dict(
-    mnar_estimate=Param('none', 'Sportisse et al. (ICML 2023): estimate the per-class labeling probabilities '
-                        'phi_k = n_lk / (n p_k) during training (moment) and train on the debiased risk they give.',
-                        choices=('none', 'moment')),
-)
+DEBIASED = Param(False, 'DeSSL (Schmutz et al., ICLR 2023): also compute the unlabeled term(s) on the labeled images '
+                 '(as if unlabeled) and subtract them (lambda = --wu); unbiased under labels missing at random.')
+MNAR_ESTIMATE = Param('none', 'Sportisse et al. (ICML 2023): estimate the per-class labeling probabilities '
+                      'phi_k = n_lk / (n p_k) during training (moment) and train on the debiased risk they give.',
+                      choices=('none', 'moment'))
 CLASS_DISTRIBUTION_MOMENTUM = 0.99  # p_hat <- 0.99 p_hat + 0.01 mean_u softmax(weak view)
 MIN_LABELING_PROBABILITY = 1e-3     # guards 1 / phi_k when p_hat_k grows past n_lk / n
 EVAL_SPLITS = ('train_labeled', 'valid', 'test')
@@ -382,6 +381,24 @@ class Trainer:
         if 'cta' in augment.parse_augment(settings.get('augment', 'd.d.d')):
             with tf.device('/cpu:0'):  # read by the input pipeline on the CPU, updated by the train step
                 self.cta = cta.CTAugment(settings.cta_depth, settings.cta_th, settings.cta_decay)
+        self.checkpoint = tf.train.Checkpoint(**self.build_state(algorithm_cls))
+        self.checkpoint_dir = os.path.join(self.run_dir, 'tf')
+        # every worker saves (the save is collective); only the chief's copy is kept
+        save_dir = self.checkpoint_dir if self.is_chief else tempfile.mkdtemp(prefix='worker_checkpoint_')
+        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir, max_to_keep=settings.keep_ckpt,
+                                                  checkpoint_name='ckpt')
+        self.writer = tf.summary.create_file_writer(self.checkpoint_dir) if self.is_chief \
+            else tf.summary.create_noop_writer()
+        self.build_views()
+        self.train_call = tf.function(self._train_call)
+        self.gradients = tf.function(self._gradients, jit_compile=True) if settings.xla else self._gradients
+        self.predict_raw = tf.function(lambda x: self.model(x, training=False))
+        self.predict_ema = tf.function(self.classify_ema)
+
+    def build_state(self, algorithm_cls):
+        """Creates (in the strategy scope) the model, step counters, algorithm, optimizer and EMA;
+        returns everything a checkpoint holds, by name."""
+        settings = self.settings
         with self.strategy.scope():
             info = self.data.info
             self.model = models.create_model(settings.arch, info.nclass, info.shape, filters=settings.filters,
@@ -403,23 +420,15 @@ class Trainer:
             state['ema'] = self.ema
         if self.cta:
             state['cta'] = self.cta
-        self.checkpoint = tf.train.Checkpoint(**state)
-        self.checkpoint_dir = os.path.join(self.run_dir, 'tf')
-        # every worker saves (the save is collective); only the chief's copy is kept
-        save_dir = self.checkpoint_dir if self.is_chief else tempfile.mkdtemp(prefix='worker_checkpoint_')
-        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir, max_to_keep=settings.keep_ckpt,
-                                                  checkpoint_name='ckpt')
+        return state
+
+    def build_views(self):
+        """The algorithm's views, plus CTAugment's probe; views to augment in the step (--deterministic)."""
         self.labeled_views, self.unlabeled_views = self.algorithm.views()
         self.step_views = [name for name, fn in {**self.labeled_views, **self.unlabeled_views}.items()
                            if getattr(fn, 'in_step', False)]
         if self.cta:
             self.labeled_views['probe'] = self.probe_view
-        self.writer = tf.summary.create_file_writer(self.checkpoint_dir) if self.is_chief \
-            else tf.summary.create_noop_writer()
-        self.train_call = tf.function(self._train_call)
-        self.gradients = tf.function(self._gradients, jit_compile=True) if settings.xla else self._gradients
-        self.predict_raw = tf.function(lambda x: self.model(x, training=False))
-        self.predict_ema = tf.function(self.classify_ema)
 
     # ---- settings and run directory
 

@@ -7,6 +7,7 @@ once complete, so a killed process never leaves a half-written file behind.
 import contextlib
 import hashlib
 import json
+import logging as python_logging
 import os
 import shutil
 import sys
@@ -123,8 +124,10 @@ def progress(iterable=None, **kwargs):
 
 
 def quiet_tensorflow():
-    """Silences TensorFlow's C++ start-up chatter; call before importing tensorflow."""
+    """Silences TensorFlow's C++ start-up chatter and its Python INFO lines (e.g. one per checkpoint
+    save); call before importing tensorflow. Warnings and errors still show."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
 
 
 def run(main):

@@ -22,7 +22,6 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 from libml import sources  # noqa: E402
 

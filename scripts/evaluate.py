@@ -10,7 +10,6 @@ worst_class_accuracy, gm_accuracy (geometric mean of per-class accuracies, CADR)
 (nats), ece (expected calibration error, 15 bins), per_class, confusion (rows = true class).
 Written to RUN_DIR/stats/evaluation_<dataset>.json.
 """
-import json
 import os
 import sys
 

@@ -4,7 +4,6 @@
 
   python scripts/extract_accuracy.py experiments/fashion_mnist.1@40-1/FixMatch_local [RUN_DIR ...]
 """
-import json
 import os
 import sys
 
@@ -12,13 +11,5 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from libml import stats  # noqa: E402
 from libml import utils  # noqa: E402
 
-
-def main(argv):
-    if len(argv) < 2:
-        raise utils.UserError('usage: extract_accuracy.py RUN_DIR [RUN_DIR ...]')
-    for run_dir in argv[1:]:
-        print(run_dir, json.dumps(stats.summarize(run_dir, 'accuracy', 'accuracy.json'), sort_keys=True))
-
-
 if __name__ == '__main__':
-    utils.run(main)
+    utils.run(stats.summary_main('accuracy', 'accuracy.json'))

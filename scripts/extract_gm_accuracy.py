@@ -4,7 +4,6 @@ the per-class EMA test accuracies (CADR's metric; a class at 0% counts as 1/(100
 
   python scripts/extract_gm_accuracy.py experiments/cifar10_LT_20.1@20-1/FixMatch [RUN_DIR ...]
 """
-import json
 import os
 import sys
 
@@ -12,13 +11,5 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from libml import stats  # noqa: E402
 from libml import utils  # noqa: E402
 
-
-def main(argv):
-    if len(argv) < 2:
-        raise utils.UserError('usage: extract_gm_accuracy.py RUN_DIR [RUN_DIR ...]')
-    for run_dir in argv[1:]:
-        print(run_dir, json.dumps(stats.summarize(run_dir, 'gm_accuracy', 'gm_accuracy.json'), sort_keys=True))
-
-
 if __name__ == '__main__':
-    utils.run(main)
+    utils.run(stats.summary_main('gm_accuracy', 'gm_accuracy.json'))

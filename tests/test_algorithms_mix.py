@@ -18,6 +18,7 @@ from conftest import ROOT
 from libml import losses
 from libml import settings as settings_lib
 from libml import train
+from reference import log_softmax, softmax
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,15 +50,6 @@ def fake_trainer(cls, model, nclass=3, labels=(0, 1, 2), **settings):
         settings=settings, model=model, view_fn=lambda code: code,
         data=types.SimpleNamespace(nclass=nclass, labeled=types.SimpleNamespace(labels=np.array(labels))),
         kimg_to_steps=lambda kimg: int(round(kimg * 1024 / settings.batch)))
-
-
-def softmax(logits):
-    e = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def log_softmax(logits):
-    return np.log(softmax(logits))
 
 
 def sharpen(p, temperature):
@@ -97,7 +89,7 @@ def images(n, seed):
 def test_guess_label_sharpens_the_mean_of_the_views():
     view1 = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], np.float32)
     view2 = np.array([[0.2, 0.5, 0.3], [0.0, 0.4, 0.6]], np.float32)
-    mean = (view1 + view2) / 2  # [[0.4, 0.4, 0.2], [0.1, 0.3, 0.6]]
+    # mean of the views [[0.4, 0.4, 0.2], [0.1, 0.3, 0.6]], squared (T = 0.5) and normalised:
     expected = np.array([[0.16, 0.16, 0.04], [0.01, 0.09, 0.36]]) / np.array([[0.36], [0.46]])
     np.testing.assert_allclose(losses.guess_label([view1, view2], 0.5).numpy(), expected, rtol=1e-5)
 

@@ -13,6 +13,7 @@ from libml import settings as settings_lib
 from libml import splits
 from libml import train
 from libml import utils
+from reference import softmax
 from test_train import TINY, nll, run_tiny, trained_state
 
 
@@ -28,11 +29,6 @@ def make_fixmatch(logits=None, labeled_labels=(0, 1, 2, 2), n_total=100, **setti
     algorithm = fixmatch.FixMatch(trainer)
     algorithm.build()
     return algorithm
-
-
-def softmax(row):
-    e = [math.exp(v) for v in row]
-    return [v / sum(e) for v in e]
 
 
 def test_class_distribution_ema_starts_uniform():
