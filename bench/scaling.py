@@ -45,7 +45,8 @@ def images_per_second(devices):
             logs = trainer.train_call(iterator, one)
         float(logs['losses/xe'])
         seconds = (time.perf_counter() - start) / FLAGS.steps
-        kind = trainer.strategy.extended.worker_devices
+        strategy = trainer.strategy
+        kind = strategy.extended.worker_devices if strategy.num_replicas_in_sync > 1 else ['default device']
     return common.images_per_step() / seconds, kind
 
 
