@@ -125,9 +125,15 @@ def progress(iterable=None, **kwargs):
 
 def quiet_tensorflow():
     """Silences TensorFlow's C++ start-up chatter and its Python INFO lines (e.g. one per checkpoint
-    save); call before importing tensorflow. Warnings and errors still show."""
+    save, some through absl's logger); call before importing tensorflow. Warnings and errors show."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
+    logging.get_absl_logger().addFilter(_not_tensorflow_info)
+
+
+def _not_tensorflow_info(record):
+    """Logging filter: drops records below WARNING logged from inside the tensorflow package."""
+    return record.levelno >= python_logging.WARNING or f'{os.sep}tensorflow{os.sep}' not in record.pathname
 
 
 def run(main):
