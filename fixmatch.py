@@ -52,8 +52,7 @@ class FixMatch(train.Algorithm):
         uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).'),
         confidence=Param(0.95, 'Confidence threshold tau of the pseudo-labels.'),
         wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).'),
-        augment=Param('d.d.cta', 'Augmentation of the labeled, weak and strong views: L.W.S with codes '
-                      'd (flip + crop), x (none), ra (RandAugment), rac (RandAugment + cutout), cta (CTAugment).'),
+        augment=augment.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and strong views'),
         sup_strong=Param(False, 'DeFixMatch supervised term: mean of the cross-entropies of a weak and a strong '
                          'view of each labeled image.'),
         CAP=Param(False, 'CADR class-aware propensity: weight the labeled term by 1/q_y (see --cap_form).'),

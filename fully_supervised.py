@@ -36,9 +36,8 @@ class FullySupervised(train.Algorithm):
         all_labels=Param(False, 'Train on every labeled training image (unlabeled pool minus validation) instead of '
                          'the labeled split.'),
         sup_strong=Param(False, 'Average the cross-entropies of a weak and a strong view of each labeled image.'),
-        augment=Param('d.d.rac', 'Views L.W.S: L the labeled view, S the strong view of --sup_strong (W is not used: '
-                      'no unlabeled images); codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), '
-                      'cta (CTAugment).'),
+        augment=augment.augment_param('d.d.rac', 'Views L.W.S: L the labeled view, S the strong view of '
+                                      '--sup_strong (W is not used: no unlabeled images)'),
     )
 
     @classmethod

@@ -42,8 +42,8 @@ class MeanTeacher(train.Algorithm):
                  'reached after --warmup_kimg; 0 = complete case.'),
         warmup_kimg=cm.WARMUP_KIMG,
         consistency=cm.consistency_param('mse'),
-        augment=Param('d.d.d', 'Views L.W.S: labeled view, teacher view, student view of the unlabeled images; '
-                      'codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), cta (CTAugment).'),
+        augment=augment.augment_param('d.d.d', 'Views L.W.S: labeled view, teacher view, student view of the '
+                                      'unlabeled images'),
         debiased=train.DEBIASED,
     )
 

@@ -60,8 +60,8 @@ class MixMatch(train.Algorithm):
                    'reference code 0.5).'),
         consistency=Param('mse', 'Unlabeled term between the mixed guess and the prediction: mse or l1 (mean over '
                           'classes), kl KL(guess || p), jsd Jensen-Shannon.', choices=losses.CONSISTENCIES),
-        augment=Param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K unlabeled views '
-                      '(S is not used); codes d (flip + crop), x (none), ra, rac, cta.'),
+        augment=augment.augment_param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K '
+                                      'unlabeled views (S is not used)'),
         debiased=train.DEBIASED,
     )
 

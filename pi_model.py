@@ -41,8 +41,8 @@ class PiModel(train.Algorithm):
                  'reached after --warmup_kimg; 0 = complete case.'),
         warmup_kimg=cm.WARMUP_KIMG,
         consistency=cm.consistency_param('mse'),
-        augment=Param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, unlabeled view trained '
-                      'on; codes d (flip + crop), x (none), ra, rac (RandAugment [+ cutout]), cta (CTAugment).'),
+        augment=augment.augment_param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, '
+                                      'unlabeled view trained on'),
         debiased=train.DEBIASED,
     )
 

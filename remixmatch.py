@@ -79,8 +79,8 @@ class ReMixMatch(train.Algorithm):
         warmup_kimg=Param(1024.0, 'wu and w_kl ramp linearly from 0 over this many kimg.', local=8.0),
         T=Param(0.5, 'Sharpening temperature of the label guess.'),
         beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda).'),
-        augment=Param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views; codes d (flip + crop), '
-                      'x (none), ra, rac, cta (CTAugment, the paper\'s).'),
+        augment=augment.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views '
+                                      '(the paper: CTAugment)'),
         debiased=train.DEBIASED,
     )
 

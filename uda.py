@@ -50,8 +50,7 @@ class UDA(train.Algorithm):
         T=Param(0.4, 'Temperature of the target softmax(weak / T) (T < 1 sharpens).'),
         confidence=Param(0.95, 'Only unlabeled images whose weak-view max softmax reaches this count.'),
         we=Param(0.0, 'Weight of the entropy of the strong-view prediction (entropy minimisation).'),
-        augment=Param('d.d.rac', 'Augmentation of the labeled, weak and strong views: L.W.S with codes '
-                      'd (flip + crop), x (none), ra (RandAugment), rac (RandAugment + cutout), cta (CTAugment).'),
+        augment=augment.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
         debiased=train.DEBIASED,
     )
 

@@ -34,6 +34,7 @@ import math
 
 import tensorflow as tf
 
+from libml.settings import Param
 from libml.utils import UserError
 
 GRAY = 0.5  # cutout fill value
@@ -572,10 +573,19 @@ def randaugment(images, seed, with_cutout=True):
 # ----------------------------------------------------------------------------------------------
 # The --augment=L.W.S grammar
 
+def _view_codes_text():
+    return ', '.join(f'{code} ({meaning})' for code, meaning in VIEW_CODES.items())
+
+
+def augment_param(default, views):
+    """The --augment setting of an algorithm: `views` says what its L.W.S views are for; the codes
+    come from VIEW_CODES, the table the parser checks against."""
+    return Param(default, f'{views}; codes {_view_codes_text()}.')
+
+
 def _augment_error(spec):
-    codes = ', '.join(f'{code} ({meaning})' for code, meaning in VIEW_CODES.items())
     return UserError(f'bad --augment={spec!r}: expected L.W.S (labeled.weak.strong views), each one of '
-                     f'{codes}; e.g. --augment=d.d.rac')
+                     f'{_view_codes_text()}; e.g. --augment=d.d.rac')
 
 
 def parse_augment(spec):
