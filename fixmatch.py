@@ -41,7 +41,7 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -52,7 +52,7 @@ class FixMatch(train.Algorithm):
         uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).'),
         confidence=Param(0.95, 'Confidence threshold tau of the pseudo-labels.'),
         wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).'),
-        augment=augment.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and strong views'),
+        augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and strong views'),
         sup_strong=Param(False, 'DeFixMatch supervised term: mean of the cross-entropies of a weak and a strong '
                          'view of each labeled image.'),
         CAP=Param(False, 'CADR class-aware propensity: weight the labeled term by 1/q_y (see --cap_form).'),
@@ -106,7 +106,7 @@ class FixMatch(train.Algorithm):
         return tf.reduce_mean(per_sample - tf.math.log(weights))
 
     def views(self):
-        labeled, weak, strong = augment.parse_augment(self.settings.augment)
+        labeled, weak, strong = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         labeled_views = {'x': make(labeled)}
         if self.labeled_strong_view():

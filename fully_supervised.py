@@ -25,7 +25,7 @@ from libml import utils  # noqa: E402
 
 utils.quiet_tensorflow()
 
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 from libml import consistency_methods as cm  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -36,7 +36,7 @@ class FullySupervised(train.Algorithm):
         all_labels=Param(False, 'Train on every labeled training image (unlabeled pool minus validation) instead of '
                          'the labeled split.'),
         sup_strong=Param(False, 'Average the cross-entropies of a weak and a strong view of each labeled image.'),
-        augment=augment.augment_param('d.d.rac', 'Views L.W.S: L the labeled view, S the strong view of '
+        augment=views.augment_param('d.d.rac', 'Views L.W.S: L the labeled view, S the strong view of '
                                       '--sup_strong (W is not used: no unlabeled images)'),
     )
 
@@ -45,7 +45,7 @@ class FullySupervised(train.Algorithm):
         return data.with_all_labels() if settings.all_labels else data
 
     def views(self):
-        labeled, _, strong = augment.parse_augment(self.settings.augment)
+        labeled, _, strong = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         labeled_views = {'x': make(labeled)}
         if self.settings.sup_strong:

@@ -41,7 +41,7 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -60,13 +60,13 @@ class MixMatch(train.Algorithm):
                    'reference code 0.5).'),
         consistency=Param('mse', 'Unlabeled term between the mixed guess and the prediction: mse or l1 (mean over '
                           'classes), kl KL(guess || p), jsd Jensen-Shannon.', choices=losses.CONSISTENCIES),
-        augment=augment.augment_param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K '
+        augment=views.augment_param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K '
                                       'unlabeled views (S is not used)'),
         debiased=train.DEBIASED,
     )
 
     def views(self):
-        labeled, weak, _ = augment.parse_augment(self.settings.augment)
+        labeled, weak, _ = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         labeled_views = {'x': make(labeled)}
         if self.settings.debiased:

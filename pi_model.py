@@ -27,7 +27,7 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 from libml import consistency_methods as cm  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
@@ -41,13 +41,13 @@ class PiModel(train.Algorithm):
                  'reached after --warmup_kimg; 0 = complete case.'),
         warmup_kimg=cm.WARMUP_KIMG,
         consistency=cm.consistency_param('mse'),
-        augment=augment.augment_param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, '
+        augment=views.augment_param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, '
                                       'unlabeled view trained on'),
         debiased=train.DEBIASED,
     )
 
     def views(self):
-        labeled, target, student = augment.parse_augment(self.settings.augment)
+        labeled, target, student = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         labeled_views = {'x': make(labeled)}
         if self.settings.debiased:

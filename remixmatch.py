@@ -43,7 +43,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import models  # noqa: E402
 from libml import train  # noqa: E402
@@ -79,7 +79,7 @@ class ReMixMatch(train.Algorithm):
         warmup_kimg=Param(1024.0, 'wu and w_kl ramp linearly from 0 over this many kimg.', local=8.0),
         T=Param(0.5, 'Sharpening temperature of the label guess.'),
         beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda).'),
-        augment=augment.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views '
+        augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views '
                                       '(the paper: CTAugment)'),
         debiased=train.DEBIASED,
     )
@@ -101,7 +101,7 @@ class ReMixMatch(train.Algorithm):
         return list(self.rotation_head.trainable_variables)
 
     def views(self):
-        labeled, weak, strong = augment.parse_augment(self.settings.augment)
+        labeled, weak, strong = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         labeled_views = {'x': make(labeled)}
         if self.settings.debiased:

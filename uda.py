@@ -29,7 +29,7 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -50,12 +50,12 @@ class UDA(train.Algorithm):
         T=Param(0.4, 'Temperature of the target softmax(weak / T) (T < 1 sharpens).'),
         confidence=Param(0.95, 'Only unlabeled images whose weak-view max softmax reaches this count.'),
         we=Param(0.0, 'Weight of the entropy of the strong-view prediction (entropy minimisation).'),
-        augment=augment.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
+        augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
         debiased=train.DEBIASED,
     )
 
     def views(self):
-        labeled, weak, strong = augment.parse_augment(self.settings.augment)
+        labeled, weak, strong = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         labeled_views = {'x': make(labeled)}
         if self.settings.debiased:

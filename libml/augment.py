@@ -34,8 +34,6 @@ import math
 
 import tensorflow as tf
 
-from libml.settings import Param
-from libml.utils import UserError
 
 GRAY = 0.5  # cutout fill value
 GEOMETRIC_FILL = 0.0  # value of pixels a rotate/shear/translate uncovers
@@ -66,8 +64,6 @@ RA_SIGNED = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
 RA_DEPTH = 2
 RA_MAX_MAGNITUDE = 9
 
-VIEW_CODES = {'d': 'default weak: flip + pad-and-crop', 'x': 'none', 'ra': 'weak + RandAugment',
-              'rac': 'weak + RandAugment + cutout', 'cta': 'weak + CTAugment + cutout'}
 
 _BLUR_KERNEL = [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]]
 _SMOOTH_KERNEL = [[1, 1, 1], [1, 5, 1], [1, 1, 1]]
@@ -568,51 +564,3 @@ def randaugment(images, seed, with_cutout=True):
     if with_cutout:
         images = cutout(images, cutout_seed, tf.minimum(height, width) // 2)
     return images
-
-
-# ----------------------------------------------------------------------------------------------
-# The --augment=L.W.S grammar
-
-def _view_codes_text():
-    return ', '.join(f'{code} ({meaning})' for code, meaning in VIEW_CODES.items())
-
-
-def augment_param(default, views):
-    """The --augment setting of an algorithm: `views` says what its L.W.S views are for; the codes
-    come from VIEW_CODES, the table the parser checks against."""
-    return Param(default, f'{views}; codes {_view_codes_text()}.')
-
-
-def _augment_error(spec):
-    return UserError(f'bad --augment={spec!r}: expected L.W.S (labeled.weak.strong views), each one of '
-                     f'{_view_codes_text()}; e.g. --augment=d.d.rac')
-
-
-def parse_augment(spec):
-    """'L.W.S' -> (labeled, weak, strong) view codes, each in VIEW_CODES; else UserError."""
-    parts = str(spec).split('.')
-    if len(parts) != 3 or any(part not in VIEW_CODES for part in parts):
-        raise _augment_error(spec)
-    return tuple(parts)
-
-
-def view_fn(code, flip, pad, cta=None):
-    """fn(images, seed) -> images for one view code: 'x' identity; 'd' weak(flip, pad); 'ra'/'rac'
-    weak then RandAugment (without/with cutout); 'cta' weak then cta.strong (policy + full cutout)."""
-    if code not in VIEW_CODES:
-        raise _augment_error(code)
-    if code == 'cta' and cta is None:
-        raise ValueError("view 'cta' needs a CTAugment object")
-
-    def augment(images, seed):
-        if code == 'x':
-            return tf.identity(images)
-        weak_seed, strong_seed = split_seed(seed, 2)
-        images = weak(images, weak_seed, flip=flip, pad=pad)
-        if code == 'd':
-            return images
-        if code in ('ra', 'rac'):
-            return randaugment(images, strong_seed, with_cutout=(code == 'rac'))
-        return cta.strong(images, strong_seed)
-
-    return augment

@@ -67,9 +67,9 @@ def ssl2(root=None):
 
 def known_targets(root=None):
     """Built-in datasets, converted ones ($ML_DATA/*.json) and existing targets in $ML_DATA/SSL2."""
-    from libml import sources
+    from libml import registry
     root = root or utils.ml_data()
-    names = set(sources.BUILTIN)
+    names = set(registry.BUILTIN)
     if os.path.isdir(root):
         names |= {f[:-5] for f in os.listdir(root) if f.endswith('.json')}
     if os.path.isdir(ssl2(root)):
@@ -91,15 +91,15 @@ class Recipe:
 
 def recipe_for(target, root=None):
     """The Recipe of a target: from its unlabeled JSON if it exists, else from its name."""
-    from libml import sources
+    from libml import registry
     meta_path = splits.unlabeled_paths(os.path.join(ssl2(root), target))[1]
     match = RECIPE_RE.match(target)
-    if match and (match['base'] in sources.BUILTIN or os.path.exists(records.DatasetInfo.path(match['base'], root))):
+    if match and (match['base'] in registry.BUILTIN or os.path.exists(records.DatasetInfo.path(match['base'], root))):
         ratio = float(match['ratio'])
         if match['kind'] == 'LT':
             return Recipe(match['base'], {}, dict(lamda=ratio))
         return Recipe(match['base'], dict(gamma=ratio, inverse=match['kind'] == 'INV'), dict(gamma=ratio))
-    if target in sources.BUILTIN or os.path.exists(records.DatasetInfo.path(target, root)):
+    if target in registry.BUILTIN or os.path.exists(records.DatasetInfo.path(target, root)):
         return Recipe(target, {}, {})
     if os.path.exists(meta_path):
         meta = utils.read_json(meta_path, 'unlabeled-set description')
@@ -111,8 +111,8 @@ def recipe_for(target, root=None):
 
 def source_files(base, root=None):
     """The record files whose concatenation is the unlabeled pool of `base` (index space of splits)."""
-    from libml import sources
-    spec = sources.BUILTIN.get(base)
+    from libml import registry
+    spec = registry.BUILTIN.get(base)
     parts = spec.unlabeled_splits if spec else ('train',)
     return [records.record_path(base, part, root) for part in parts]
 
@@ -137,7 +137,7 @@ def ensure_files(name, root=None, auto_create=True):
 
     Returns the Recipe. Raises UserError with the exact commands when it cannot create them.
     """
-    from libml import sources
+    from libml import registry
     root = root or utils.ml_data()
     recipe = recipe_for(name.target, root)
     target = os.path.join(ssl2(root), name.target)
@@ -148,7 +148,7 @@ def ensure_files(name, root=None, auto_create=True):
     missing = [i for i, paths in enumerate(needed) if not all(os.path.exists(p) for p in paths)]
     if not missing:
         return recipe
-    can_convert = recipe.base in sources.BUILTIN and sources.available_offline(recipe.base)
+    can_convert = recipe.base in registry.BUILTIN and registry.available_offline(recipe.base)
     if not auto_create or (0 in missing and not can_convert) or not recipe.known:
         todo = ' && '.join(commands[i] for i in missing)
         what = 'the dataset is not converted yet' if 0 in missing else 'its split files are missing'
@@ -157,7 +157,7 @@ def ensure_files(name, root=None, auto_create=True):
     for step in missing:
         logging.info('Creating missing files of %s, as: %s', name, commands[step])
         if step == 0:
-            sources.convert(recipe.base, root=root)
+            registry.convert(recipe.base, root=root)
         elif step == 1:
             splits.create_unlabeled(target, source_files(recipe.base, root), **recipe.unlabeled)
         else:

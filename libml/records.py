@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from libml import utils
 
@@ -139,3 +140,23 @@ def parse_image(serialized, channels):
     example = tf.io.parse_single_example(serialized, FEATURES)
     image = tf.io.decode_png(example['image'], channels=channels)
     return image, example['label']
+
+
+def default_pad(width):
+    """Weak-augmentation padding for images `width` pixels wide: width/8 rounded half up (4 at 32 px, 12 at 96)."""
+    return int(width / 8 + 0.5)
+
+
+def write_dataset(name, splits, class_names, flip, pad, root=None):
+    """Writes <root>/<name>-<split>.tfrecord for each split, then <root>/<name>.json; returns the DatasetInfo."""
+    for split, (images, labels) in splits.items():
+        path = record_path(name, split, root)
+        write_records(path, images, labels)
+        logging.info('Wrote %d records to %s', len(labels), path)
+    info = DatasetInfo(name=name, shape=splits['train'][0].shape[1:], nclass=len(class_names),
+                               class_names=list(class_names), flip=bool(flip), pad=int(pad),
+                               sizes={split: int(len(labels)) for split, (_, labels) in sorted(splits.items())})
+    info.save(root)
+    logging.info('Wrote %s', DatasetInfo.path(name, root))
+    return info
+

@@ -40,6 +40,7 @@ from absl import logging
 
 import cta
 from libml import augment
+from libml import views
 from libml import data
 from libml import metrics
 from libml import models
@@ -143,7 +144,7 @@ class Algorithm:
     def views(self):
         """(labeled views, unlabeled views): dicts of name -> fn(images in [0,1], seed) built from
         --augment=L.W.S: labeled 'x', unlabeled 'u_weak' and 'u_strong'."""
-        labeled, weak, strong = augment.parse_augment(self.settings.augment)
+        labeled, weak, strong = views.parse_augment(self.settings.augment)
         make = self.trainer.view_fn
         return {'x': make(labeled)}, {'u_weak': make(weak), 'u_strong': make(strong)}
 
@@ -378,7 +379,7 @@ class Trainer:
         keras.utils.set_random_seed(settings.seed)
         keras.mixed_precision.set_global_policy(settings.precision)
         self.cta = None
-        if 'cta' in augment.parse_augment(settings.get('augment', 'd.d.d')):
+        if 'cta' in views.parse_augment(settings.get('augment', 'd.d.d')):
             with tf.device('/cpu:0'):  # read by the input pipeline on the CPU, updated by the train step
                 self.cta = cta.CTAugment(settings.cta_depth, settings.cta_th, settings.cta_decay)
         self.checkpoint = tf.train.Checkpoint(**self.build_state(algorithm_cls))
@@ -456,10 +457,10 @@ class Trainer:
         applies CTAugment to it (see strong_in_step)."""
         info = self.data.info
         if code == 'cta' and self.settings.deterministic:
-            fn = augment.view_fn('d', flip=info.flip, pad=info.pad)
+            fn = views.view_fn('d', flip=info.flip, pad=info.pad)
             fn.in_step = True
             return fn
-        return augment.view_fn(code, flip=info.flip, pad=info.pad, cta=self.cta)
+        return views.view_fn(code, flip=info.flip, pad=info.pad, cta=self.cta)
 
     def strong_in_step(self, batch):
         """The batch with CTAugment applied to the `in_step` views, from the current rates, seeded by

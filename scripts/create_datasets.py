@@ -10,7 +10,7 @@ stl10-unlabeled.tfrecord) and NAME.json. The same input always gives byte-identi
   python scripts/create_datasets.py --name=mine --from_npz=mine.npz --noflip --pad=2
 
 Built-in datasets come from --source_dir, system copies (Fashion-MNIST: the dataset-fashion-mnist package) or
-are downloaded to --download_dir (see libml/sources.py).
+are downloaded to --download_dir (see libml/registry.py).
 """
 import os
 import sys
@@ -23,11 +23,12 @@ utils.quiet_tensorflow()
 
 from absl import flags  # noqa: E402
 
-from libml import sources  # noqa: E402
+from libml import registry  # noqa: E402
+from libml import user_data  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('datasets', list(sources.BUILTIN),
-                  'Built-in datasets to convert, comma-separated, among: ' + ', '.join(sources.BUILTIN) + '. '
+flags.DEFINE_list('datasets', list(registry.BUILTIN),
+                  'Built-in datasets to convert, comma-separated, among: ' + ', '.join(registry.BUILTIN) + '. '
                   'With --from_dir/--from_npz, built-in datasets are converted only when this flag is given.')
 flags.DEFINE_string('source_dir', None, 'Folder holding already downloaded original files (e.g. '
                     'cifar-10-binary.tar.gz, train_32x32.mat, stl10_binary.tar.gz, *-idx3-ubyte.gz), directly or in '
@@ -58,13 +59,13 @@ def main(argv):
         raise utils.UserError('a user dataset needs a name: add --name=NAME')
     builtins = FLAGS.datasets if (FLAGS['datasets'].present or not user) else []
     for name in builtins:
-        sources.get_spec(name)
+        registry.get_spec(name)
     if user:
-        sources.check_user_name(FLAGS.name)
+        user_data.check_user_name(FLAGS.name)
     for name in builtins:
-        sources.convert(name, source_dir=FLAGS.source_dir, download_dir=FLAGS.download_dir)
+        registry.convert(name, source_dir=FLAGS.source_dir, download_dir=FLAGS.download_dir)
     if user:
-        sources.convert_user(FLAGS.name, FLAGS.from_dir, FLAGS.from_npz, FLAGS.flip, FLAGS.pad)
+        user_data.convert_user(FLAGS.name, FLAGS.from_dir, FLAGS.from_npz, FLAGS.flip, FLAGS.pad)
 
 
 if __name__ == '__main__':

@@ -27,7 +27,7 @@ from absl import flags  # noqa: E402
 
 from libml import data  # noqa: E402
 from libml import records  # noqa: E402
-from libml import sources  # noqa: E402
+from libml import registry  # noqa: E402
 from libml import splits  # noqa: E402
 
 GRAY = 128  # 8-bit level of the padding tiles
@@ -184,7 +184,7 @@ def inspect(target, per_class, root=None):
     unlabeled_path = splits.unlabeled_paths(os.path.join(data.ssl2(root), target))[0]
     if os.path.exists(unlabeled_path):
         return inspect_files(target, [('unlabeled', unlabeled_path)], info_for_file(unlabeled_path), per_class)
-    if target in sources.BUILTIN:
+    if target in registry.BUILTIN:
         raise utils.UserError(f'{target} is not converted yet; create it with: '
                               f'{utils.script("create_datasets.py")} --datasets={target}')
     raise utils.UserError(f'unknown dataset {target!r}; known: {", ".join(data.known_targets(root))}; or give a '

@@ -21,9 +21,9 @@ def _private_ml_data(tmp_path, monkeypatch):
 @pytest.fixture(scope='session')
 def fashion_mnist_root(tmp_path_factory):
     """A data root with Fashion-MNIST converted once per test session (from the Debian package)."""
-    from libml import sources
+    from libml import registry
     root = str(tmp_path_factory.mktemp('fashion_mnist_data'))
-    sources.convert('fashion_mnist', root=root)
+    registry.convert('fashion_mnist', root=root)
     return root
 
 

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from libml import augment
+from libml import views
 from libml.utils import UserError
 
 SEED = tf.constant([3, 7], tf.int64)
@@ -381,15 +382,15 @@ def test_grayscale_everywhere():
 # ------------------------------------------------------------------------------ --augment grammar
 
 def test_parse_augment():
-    assert augment.parse_augment('d.d.rac') == ('d', 'd', 'rac')
-    assert augment.parse_augment('x.d.cta') == ('x', 'd', 'cta')
-    assert augment.parse_augment('ra.ra.ra') == ('ra', 'ra', 'ra')
+    assert views.parse_augment('d.d.rac') == ('d', 'd', 'rac')
+    assert views.parse_augment('x.d.cta') == ('x', 'd', 'cta')
+    assert views.parse_augment('ra.ra.ra') == ('ra', 'ra', 'ra')
 
 
 @pytest.mark.parametrize('spec', ['d.d', 'd.d.rac.x', 'd.d.foo', '', 'D.d.rac', 'd..rac', 'd.d.rac '])
 def test_parse_augment_errors(spec):
     with pytest.raises(UserError) as error:
-        augment.parse_augment(spec)
+        views.parse_augment(spec)
     message = str(error.value)
     assert '\n' not in message and 'e.g. --augment=d.d.rac' in message
     assert all(code in message for code in ('d (', 'x (', 'ra (', 'rac (', 'cta ('))
@@ -397,30 +398,30 @@ def test_parse_augment_errors(spec):
 
 def test_view_fn():
     images = tf.random.stateless_uniform([8, 16, 16, 3], [1, 3])
-    assert np.array_equal(augment.view_fn('x', True, 4)(images, SEED), images)
+    assert np.array_equal(views.view_fn('x', True, 4)(images, SEED), images)
     weak_seed, strong_seed = augment.split_seed(SEED, 2)
     weak = augment.weak(images, weak_seed, flip=False, pad=2)
-    assert np.array_equal(augment.view_fn('d', False, 2)(images, SEED), weak)
-    ra = augment.view_fn('ra', False, 2)(images, SEED)
+    assert np.array_equal(views.view_fn('d', False, 2)(images, SEED), weak)
+    ra = views.view_fn('ra', False, 2)(images, SEED)
     assert np.array_equal(ra, augment.randaugment(weak, strong_seed, with_cutout=False))
-    rac = augment.view_fn('rac', False, 2)(images, SEED).numpy()
+    rac = views.view_fn('rac', False, 2)(images, SEED).numpy()
     assert np.array_equal(rac, augment.randaugment(weak, strong_seed))
     with pytest.raises(UserError):
-        augment.view_fn('y', True, 4)
+        views.view_fn('y', True, 4)
     with pytest.raises(ValueError):
-        augment.view_fn('cta', True, 4)
+        views.view_fn('cta', True, 4)
 
 
 # ------------------------------------------------------------------------------ graph mode
 
 def test_inside_tf_function_and_tf_data_map():
     images = tf.random.stateless_uniform([16, 16, 16, 3], [2, 5])
-    eager = augment.view_fn('rac', True, 2)(images, SEED).numpy()
-    graph = tf.function(augment.view_fn('rac', True, 2), autograph=False)(images, SEED)
+    eager = views.view_fn('rac', True, 2)(images, SEED).numpy()
+    graph = tf.function(views.view_fn('rac', True, 2), autograph=False)(images, SEED)
     np.testing.assert_allclose(graph, eager, atol=1e-6)  # graph rewrites may change the last bit
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(8).enumerate()
-    dataset = dataset.map(lambda i, x: augment.view_fn('rac', True, 2)(x, tf.stack([SEED[0], i])))
+    dataset = dataset.map(lambda i, x: views.view_fn('rac', True, 2)(x, tf.stack([SEED[0], i])))
     batches = [batch.numpy() for batch in dataset]
-    second = augment.view_fn('rac', True, 2)(images[8:], tf.constant([3, 1], tf.int64)).numpy()
+    second = views.view_fn('rac', True, 2)(images[8:], tf.constant([3, 1], tf.int64)).numpy()
     np.testing.assert_allclose(batches[1], second, atol=1e-6)
     assert batches[0].shape == (8, 16, 16, 3) and not np.allclose(batches[0], eager[:8])

@@ -19,7 +19,9 @@ import tensorflow as tf
 
 from conftest import FASHION_MNIST_DIR, ROOT
 from libml import records
-from libml import sources
+from libml import readers
+from libml import registry
+from libml import user_data
 from libml.utils import UserError
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
@@ -99,24 +101,24 @@ def test_read_idx_gz_and_raw(tmp_path):
     labels = np.array([7, -2, 70000], np.int32)
     gz = write_file(tmp_path / 'images.gz', idx_bytes(images), gz=True)
     raw = write_file(tmp_path / 'labels', idx_bytes(labels))
-    got = sources.read_idx(gz)
+    got = readers.read_idx(gz)
     assert got.shape == (3, 5, 4) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, images)
-    np.testing.assert_array_equal(sources.read_idx(raw), labels)  # big-endian int32 read correctly
-    assert sources.read_idx(raw).dtype.isnative
+    np.testing.assert_array_equal(readers.read_idx(raw), labels)  # big-endian int32 read correctly
+    assert readers.read_idx(raw).dtype.isnative
 
 
 def test_read_idx_truncated_or_bad(tmp_path):
     data = idx_bytes(random_images(4, 6, 6, 1)[..., 0])
     with pytest.raises(UserError, match=r'truncated or corrupt: 150 bytes'):
-        sources.read_idx(write_file(tmp_path / 'short', data[:-10]))
+        readers.read_idx(write_file(tmp_path / 'short', data[:-10]))
     full_gz = gzip.compress(data, mtime=0)
     with pytest.raises(UserError, match='truncated or corrupt'):
-        sources.read_idx(write_file(tmp_path / 'short.gz', full_gz[:len(full_gz) // 2]))
+        readers.read_idx(write_file(tmp_path / 'short.gz', full_gz[:len(full_gz) // 2]))
     with pytest.raises(UserError, match='not an IDX file'):
-        sources.read_idx(write_file(tmp_path / 'magic', b'\x01\x02' + data[2:]))
+        readers.read_idx(write_file(tmp_path / 'magic', b'\x01\x02' + data[2:]))
     with pytest.raises(UserError, match='missing file'):
-        sources.read_idx(str(tmp_path / 'absent.gz'))
+        readers.read_idx(str(tmp_path / 'absent.gz'))
 
 
 def write_digits(folder, train, test, gz=True):
@@ -131,9 +133,9 @@ def test_load_mnist_pads_to_32(tmp_path):
     train = (random_images(5, 28, 28, 1)[..., 0], np.array([0, 9, 3, 3, 1], np.uint8))
     test = (random_images(2, 28, 28, 1)[..., 0], np.array([5, 2], np.uint8))
     write_digits(tmp_path / 'src' / 'mnist', train, test, gz=False)  # un-gzipped copies in source_dir/mnist/
-    assert not sources.available_offline('mnist')
-    assert sources.available_offline('mnist', source_dir=str(tmp_path / 'src'))
-    splits, names = sources.load('mnist', source_dir=str(tmp_path / 'src'))
+    assert not registry.available_offline('mnist')
+    assert registry.available_offline('mnist', source_dir=str(tmp_path / 'src'))
+    splits, names = registry.load('mnist', source_dir=str(tmp_path / 'src'))
     assert names == tuple('0123456789') and set(splits) == {'train', 'test'}
     images, labels = splits['train']
     assert images.shape == (5, 32, 32, 1) and images.dtype == np.uint8 and labels.dtype == np.int64
@@ -149,7 +151,7 @@ def test_mnist_label_out_of_range(tmp_path):
     write_digits(tmp_path, (random_images(2, 28, 28, 1)[..., 0], np.array([1, 10], np.uint8)),
                  (random_images(1, 28, 28, 1)[..., 0], np.array([0], np.uint8)))
     with pytest.raises(UserError, match=r'label 10 out of range \[0, 10\) in .*train-labels-idx1-ubyte.gz'):
-        sources.load('mnist', source_dir=str(tmp_path))
+        registry.load('mnist', source_dir=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def test_read_cifar10_binary(tmp_path):
     train = (random_images(10), np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]))
     test = (random_images(3), np.array([9, 0, 4]))
     archive = cifar10_archive(tmp_path / 'cifar-10-binary.tar.gz', train, test)
-    splits, names = sources.read_cifar_binary(archive, 10)
+    splits, names = readers.read_cifar_binary(archive, 10)
     assert names == tuple(f'name{k}' for k in range(10))
     for split, (images, labels) in (('train', train), ('test', test)):
         assert splits[split][0].dtype == np.uint8 and splits[split][1].dtype == np.int64
@@ -178,9 +180,9 @@ def test_read_cifar10_binary(tmp_path):
     src = tmp_path / 'src'
     os.makedirs(src)
     cifar10_archive(src / 'cifar-10-binary.tar.gz', train, test, names=False)
-    assert sources.available_offline('cifar10', source_dir=str(src))
-    splits, names = sources.load('cifar10', source_dir=str(src))
-    assert names == sources.CIFAR10_CLASSES == sources.BUILTIN['cifar10'].class_names
+    assert registry.available_offline('cifar10', source_dir=str(src))
+    splits, names = registry.load('cifar10', source_dir=str(src))
+    assert names == readers.CIFAR10_CLASSES == registry.BUILTIN['cifar10'].class_names
     np.testing.assert_array_equal(splits['test'][0], test[0])
 
 
@@ -192,26 +194,26 @@ def test_read_cifar100_uses_fine_labels(tmp_path):
         'cifar-100-binary/test.bin': cifar_bytes(images[3:], list(zip(coarse[3:], fine[3:]))),
         'cifar-100-binary/coarse_label_names.txt': b'\n'.join(b'coarse%d' % k for k in range(20)),
         'cifar-100-binary/fine_label_names.txt': b'\n'.join(b'fine%d' % k for k in range(100)) + b'\n'})
-    splits, names = sources.read_cifar_binary(archive, 100)
+    splits, names = readers.read_cifar_binary(archive, 100)
     assert names == tuple(f'fine{k}' for k in range(100))
     np.testing.assert_array_equal(splits['train'][1], [99, 0, 57])
     np.testing.assert_array_equal(splits['test'][1], [3])
     np.testing.assert_array_equal(splits['train'][0], images[:3])
     np.testing.assert_array_equal(splits['test'][0], images[3:])
-    assert len(set(sources.CIFAR100_CLASSES)) == 100
+    assert len(set(readers.CIFAR100_CLASSES)) == 100
 
 
 def test_cifar_bad_archives(tmp_path):
     bad_label = cifar10_archive(tmp_path / 'a.tar.gz', (random_images(10), np.arange(10)),
                                 (random_images(2), np.array([3, 10])))
     with pytest.raises(UserError, match=r'label 10 out of range \[0, 10\) in .*a.tar.gz:test_batch.bin'):
-        sources.read_cifar_binary(bad_label, 10)
+        readers.read_cifar_binary(bad_label, 10)
     incomplete = write_tar(tmp_path / 'b.tar.gz', {'data_batch_1.bin': cifar_bytes(random_images(1), [[1]])})
     with pytest.raises(UserError, match='has no member data_batch_2.bin'):
-        sources.read_cifar_binary(incomplete, 10)
+        readers.read_cifar_binary(incomplete, 10)
     cut = write_tar(tmp_path / 'c.tar.gz', {'train.bin': b'\x00' * 3075, 'test.bin': b''})
     with pytest.raises(UserError, match='not a whole number of 3074-byte records'):
-        sources.read_cifar_binary(cut, 100)
+        readers.read_cifar_binary(cut, 100)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -227,28 +229,28 @@ def test_read_svhn_mat(tmp_path):
     images, digits = random_images(4), np.array([0, 1, 9, 0])
     path = svhn_mat(tmp_path / 'train_32x32.mat', images, digits)
     assert scipy.io.loadmat(path)['y'].ravel().tolist() == [10, 1, 9, 10]
-    got, labels = sources.read_svhn_mat(path)
+    got, labels = readers.read_svhn_mat(path)
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(labels, [0, 1, 9, 0])
     assert got.flags['C_CONTIGUOUS'] and labels.dtype == np.int64
     scipy.io.savemat(tmp_path / 'bad.mat', {'X': images.transpose(1, 2, 3, 0), 'y': np.array([[1], [11], [2], [3]])})
     with pytest.raises(UserError, match=r'label 11 out of range \[1, 11\) in .*bad.mat'):
-        sources.read_svhn_mat(str(tmp_path / 'bad.mat'))
+        readers.read_svhn_mat(str(tmp_path / 'bad.mat'))
 
 
 def test_load_svhn_with_and_without_extra(tmp_path):
     parts = {name: (random_images(n), RNG.randint(0, 10, n)) for name, n in (('train', 3), ('test', 2), ('extra', 4))}
     for name, (images, digits) in parts.items():
         svhn_mat(tmp_path / f'{name}_32x32.mat', images, digits)
-    splits, names = sources.load('svhn', source_dir=str(tmp_path))
+    splits, names = registry.load('svhn', source_dir=str(tmp_path))
     assert names == tuple('0123456789') and set(splits) == {'train', 'test', 'extra'}
     for name, (images, digits) in parts.items():
         np.testing.assert_array_equal(splits[name][0], images)
         np.testing.assert_array_equal(splits[name][1], digits)
-    splits, _ = sources.load('svhn_noextra', source_dir=str(tmp_path))
+    splits, _ = registry.load('svhn_noextra', source_dir=str(tmp_path))
     assert set(splits) == {'train', 'test'}
-    assert sources.BUILTIN['svhn'].unlabeled_splits == ('train', 'extra')
-    assert not sources.BUILTIN['svhn'].flip and not sources.BUILTIN['svhn_noextra'].flip
+    assert registry.BUILTIN['svhn'].unlabeled_splits == ('train', 'extra')
+    assert not registry.BUILTIN['svhn'].flip and not registry.BUILTIN['svhn_noextra'].flip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def test_read_stl10_binary_layout(tmp_path):
     raw = bytearray(2 * 27648)
     raw[2 * 9216 + 90 * 96 + 1] = 200
     raw[27648 + 0 * 9216 + 5 * 96 + 70] = 99  # second image, channel 0, column 5, row 70
-    images, labels = sources.read_stl10_binary(write_file(tmp_path / 'x.bin', bytes(raw)),
+    images, labels = readers.read_stl10_binary(write_file(tmp_path / 'x.bin', bytes(raw)),
                                                write_file(tmp_path / 'y.bin', bytes([10, 1])))
     assert images.shape == (2, 96, 96, 3) and images.dtype == np.uint8
     assert images[0, 1, 90, 2] == 200 and images[1, 70, 5, 0] == 99 and images.sum() == 299
@@ -267,38 +269,38 @@ def test_read_stl10_binary_layout(tmp_path):
     # Random images written byte by byte, read in chunks smaller than the file.
     pictures = random_images(3, 96, 96, 3)
     path = write_file(tmp_path / 'u.bin', stl_bytes(pictures))
-    np.testing.assert_array_equal(sources.read_stl10_images(path, chunk=2), pictures)
-    images, labels = sources.read_stl10_binary(path)
+    np.testing.assert_array_equal(readers.read_stl10_images(path, chunk=2), pictures)
+    images, labels = readers.read_stl10_binary(path)
     np.testing.assert_array_equal(images, pictures)
     assert labels.tolist() == [-1, -1, -1]
 
 
 def test_read_stl10_errors(tmp_path):
     with pytest.raises(UserError, match='not a whole number of 27648-byte images'):
-        sources.read_stl10_images(write_file(tmp_path / 'x.bin', b'\x00' * 27647))
+        readers.read_stl10_images(write_file(tmp_path / 'x.bin', b'\x00' * 27647))
     x = write_file(tmp_path / 'x2.bin', b'\x00' * 27648)
     with pytest.raises(UserError, match=r'label 0 out of range \[1, 11\)'):
-        sources.read_stl10_binary(x, write_file(tmp_path / 'y0.bin', b'\x00'))
+        readers.read_stl10_binary(x, write_file(tmp_path / 'y0.bin', b'\x00'))
     with pytest.raises(UserError, match='1 images but 2 labels'):
-        sources.read_stl10_binary(x, write_file(tmp_path / 'y2.bin', b'\x01\x02'))
+        readers.read_stl10_binary(x, write_file(tmp_path / 'y2.bin', b'\x01\x02'))
 
 
 def test_load_stl10_archive(tmp_path):
     train, test, unlabeled = random_images(2, 96, 96), random_images(1, 96, 96), random_images(3, 96, 96)
     write_tar(tmp_path / 'stl10_binary.tar.gz', {
-        'stl10_binary/class_names.txt': b'\n'.join(c.encode() for c in sources.STL10_CLASSES[::-1]) + b'\n',
+        'stl10_binary/class_names.txt': b'\n'.join(c.encode() for c in readers.STL10_CLASSES[::-1]) + b'\n',
         'stl10_binary/test_X.bin': stl_bytes(test), 'stl10_binary/test_y.bin': bytes([4]),
         'stl10_binary/train_X.bin': stl_bytes(train), 'stl10_binary/train_y.bin': bytes([1, 10]),
         'stl10_binary/unlabeled_X.bin': stl_bytes(unlabeled), 'stl10_binary/fold_indices.txt': b'0 1\n'})
-    assert sources.available_offline('stl10', source_dir=str(tmp_path))
-    splits, names = sources.load('stl10', source_dir=str(tmp_path))
-    assert names == sources.STL10_CLASSES[::-1]
+    assert registry.available_offline('stl10', source_dir=str(tmp_path))
+    splits, names = registry.load('stl10', source_dir=str(tmp_path))
+    assert names == readers.STL10_CLASSES[::-1]
     np.testing.assert_array_equal(splits['train'][0], train)
     np.testing.assert_array_equal(splits['train'][1], [0, 9])
     np.testing.assert_array_equal(splits['test'][1], [3])
     np.testing.assert_array_equal(splits['unlabeled'][0], unlabeled)
     assert splits['unlabeled'][1].tolist() == [-1, -1, -1] and splits['unlabeled'][1].dtype == np.int64
-    spec = sources.BUILTIN['stl10']
+    spec = registry.BUILTIN['stl10']
     assert spec.shape == (96, 96, 3) and spec.pad == 12 and spec.unlabeled_splits == ('train', 'unlabeled')
 
 
@@ -306,37 +308,37 @@ def test_load_stl10_archive(tmp_path):
 # Registry and real Fashion-MNIST.
 
 def test_registry():
-    assert list(sources.BUILTIN) == ['cifar10', 'cifar100', 'svhn', 'svhn_noextra', 'stl10', 'mnist', 'fashion_mnist']
-    for spec in sources.BUILTIN.values():
+    assert list(registry.BUILTIN) == ['cifar10', 'cifar100', 'svhn', 'svhn_noextra', 'stl10', 'mnist', 'fashion_mnist']
+    for spec in registry.BUILTIN.values():
         assert len(spec.class_names) == spec.nclass
         assert spec.flip == (spec.name not in ('svhn', 'svhn_noextra', 'mnist'))
         assert spec.pad == (12 if spec.name == 'stl10' else 4)
         for remote in spec.files:
             assert len(remote.md5) == 32 and remote.url.endswith('/' + remote.filename)
-    assert sources.BUILTIN['fashion_mnist'].class_names[0] == 'T-shirt/top'
-    assert sources.BUILTIN['mnist'].shape == sources.BUILTIN['fashion_mnist'].shape == (32, 32, 1)
+    assert registry.BUILTIN['fashion_mnist'].class_names[0] == 'T-shirt/top'
+    assert registry.BUILTIN['mnist'].shape == registry.BUILTIN['fashion_mnist'].shape == (32, 32, 1)
 
 
 def test_unknown_dataset():
     with pytest.raises(UserError, match=r"unknown dataset 'nope'; known datasets: cifar10, cifar100, svhn, "
                                         r"svhn_noextra, stl10, mnist, fashion_mnist"):
-        sources.convert('nope')
+        registry.convert('nope')
     with pytest.raises(UserError, match='unknown dataset'):
-        sources.available_offline('cifar_10')
+        registry.available_offline('cifar_10')
 
 
 def test_fashion_mnist_real_conversion(fashion_mnist):
-    """The session fixture ran sources.convert('fashion_mnist') on the Debian package files."""
-    assert sources.available_offline('fashion_mnist')
+    """The session fixture ran registry.convert('fashion_mnist') on the Debian package files."""
+    assert registry.available_offline('fashion_mnist')
     root = fashion_mnist
     info = records.DatasetInfo.load('fashion_mnist')
     assert not os.path.exists(os.path.join(root, 'downloads', 'fashion_mnist'))  # read from the Debian package
     saved = json.load(open(os.path.join(root, 'fashion_mnist.json')))
     assert saved == {'name': 'fashion_mnist', 'shape': [32, 32, 1], 'nclass': 10, 'flip': True, 'pad': 4,
-                     'class_names': list(sources.FASHION_MNIST_CLASSES), 'sizes': {'test': 10000, 'train': 60000}}
+                     'class_names': list(readers.FASHION_MNIST_CLASSES), 'sizes': {'test': 10000, 'train': 60000}}
     assert records.DatasetInfo.load('fashion_mnist') == info
-    originals = {'train': sources.read_idx(os.path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz')),
-                 'test': sources.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz'))}
+    originals = {'train': readers.read_idx(os.path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz')),
+                 'test': readers.read_idx(os.path.join(FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz'))}
     for split, count in (('train', 60000), ('test', 10000)):
         serialized = records.read_serialized([records.record_path('fashion_mnist', split)])
         assert len(serialized) == count
@@ -366,7 +368,7 @@ def test_user_dir_with_test_folder(tmp_path):
     test = write_png_folder(tmp_path / 'data' / 'test',
                             {'zebra': random_images(1, 8, 8), 'ant': random_images(2, 8, 8)})
     write_file(tmp_path / 'data' / 'ant' / 'notes.txt', b'not an image')
-    info = sources.convert_user('pets', from_dir=str(tmp_path / 'data'))
+    info = user_data.convert_user('pets', from_dir=str(tmp_path / 'data'))
     assert info.class_names == ['ant', 'zebra'] and info.nclass == 2 and info.shape == (8, 8, 3)
     assert info.sizes == {'train': 5, 'test': 3} and info.flip and info.pad == 1
     images, labels = read_back(records.record_path('pets', 'train'), 3)
@@ -379,17 +381,17 @@ def test_user_dir_with_test_folder(tmp_path):
 
 def test_user_dir_holdout(tmp_path):
     classes = write_png_folder(tmp_path / 'data', {'a': random_images(20, 4, 6, 1), 'b': random_images(13, 4, 6, 1)})
-    splits, names = sources.load_from_dir(str(tmp_path / 'data'))
+    splits, names = user_data.load_from_dir(str(tmp_path / 'data'))
     assert names == ('a', 'b')
     assert np.bincount(splits['test'][1]).tolist() == [2, 1] and np.bincount(splits['train'][1]).tolist() == [18, 12]
     everything = np.concatenate([classes['a'], classes['b']])
-    train_index, test_index = sources.holdout_split(np.array([0] * 20 + [1] * 13))
+    train_index, test_index = user_data.holdout_split(np.array([0] * 20 + [1] * 13))
     assert sorted(train_index.tolist() + test_index.tolist()) == list(range(33))
     np.testing.assert_array_equal(splits['test'][0], everything[test_index])
     np.testing.assert_array_equal(splits['train'][0], everything[train_index])
-    np.testing.assert_array_equal(sources.holdout_split(np.array([0] * 20 + [1] * 13))[1], test_index)
+    np.testing.assert_array_equal(user_data.holdout_split(np.array([0] * 20 + [1] * 13))[1], test_index)
     assert test_index.tolist() != [0, 1, 20]  # shuffled, not the first images of each class
-    info = sources.convert_user('gray', from_dir=str(tmp_path / 'data'), flip=False, pad=2)
+    info = user_data.convert_user('gray', from_dir=str(tmp_path / 'data'), flip=False, pad=2)
     assert (info.shape, info.flip, info.pad, info.sizes) == ((4, 6, 1), False, 2, {'train': 30, 'test': 3})
     images, labels = read_back(records.record_path('gray', 'test'), 1)
     np.testing.assert_array_equal(images, everything[test_index])
@@ -400,7 +402,7 @@ def test_user_npz(tmp_path):
     x, y = random_images(6, 5, 5, 1)[..., 0], np.array([2, 0, 1, 2, 0, 1], np.int32)
     x_test, y_test = random_images(2, 5, 5, 1)[..., 0], np.array([1, 2])
     np.savez(tmp_path / 'd.npz', x=x, y=y, x_test=x_test, y_test=y_test)
-    info = sources.convert_user('tiny', from_npz=str(tmp_path / 'd.npz'))
+    info = user_data.convert_user('tiny', from_npz=str(tmp_path / 'd.npz'))
     assert info.class_names == ['0', '1', '2'] and info.shape == (5, 5, 1) and info.sizes == {'train': 6, 'test': 2}
     images, labels = read_back(records.record_path('tiny', 'train'), 1)
     np.testing.assert_array_equal(images[..., 0], x)
@@ -409,14 +411,14 @@ def test_user_npz(tmp_path):
     np.testing.assert_array_equal(images[..., 0], x_test)
     assert labels.tolist() == [1, 2]
     np.savez(tmp_path / 'e.npz', x=random_images(30, 4, 4, 3), y=np.repeat([0, 1, 2], 10))
-    splits, names = sources.load_from_npz(str(tmp_path / 'e.npz'))
+    splits, names = user_data.load_from_npz(str(tmp_path / 'e.npz'))
     assert names == ('0', '1', '2') and splits['test'][1].tolist() == [0, 1, 2] and len(splits['train'][1]) == 27
 
 
 def test_conversion_is_deterministic(tmp_path):
     np.savez(tmp_path / 'd.npz', x=random_images(40, 6, 6, 3), y=np.arange(40) % 4)
     for root in ('r1', 'r2'):
-        sources.convert_user('same', from_npz=str(tmp_path / 'd.npz'), root=str(tmp_path / root))
+        user_data.convert_user('same', from_npz=str(tmp_path / 'd.npz'), root=str(tmp_path / root))
     for name in ('same-train.tfrecord', 'same-test.tfrecord', 'same.json'):
         assert (tmp_path / 'r1' / name).read_bytes() == (tmp_path / 'r2' / name).read_bytes()
     assert sorted(os.listdir(tmp_path / 'r1')) == ['same-test.tfrecord', 'same-train.tfrecord', 'same.json']
@@ -427,21 +429,21 @@ def test_user_dir_errors(tmp_path):
     write_file(tmp_path / 'mixed' / 'b' / 'odd.png', png(random_images(1, 9, 8)[0]))
     with pytest.raises(UserError, match=r'image .*b/odd.png has shape \(9, 8, 3\) but the others have '
                                         r'\(8, 8, 3\).*resize'):
-        sources.load_from_dir(str(tmp_path / 'mixed'))
+        user_data.load_from_dir(str(tmp_path / 'mixed'))
     write_png_folder(tmp_path / 'broken', {'a': random_images(2, 8, 8)})
     write_file(tmp_path / 'broken' / 'a' / 'bad.jpg', b'\xff\xd8garbage')
     with pytest.raises(UserError, match=r'cannot read image .*a/bad.jpg'):
-        sources.load_from_dir(str(tmp_path / 'broken'))
+        user_data.load_from_dir(str(tmp_path / 'broken'))
     os.makedirs(tmp_path / 'empty' / 'a')
     with pytest.raises(UserError, match=r'class folder .*empty/a has no images'):
-        sources.load_from_dir(str(tmp_path / 'empty'))
+        user_data.load_from_dir(str(tmp_path / 'empty'))
     os.makedirs(tmp_path / 'flat')
     write_file(tmp_path / 'flat' / 'x.png', png(random_images(1, 4, 4)[0]))
     with pytest.raises(UserError, match='no class sub-folders'):
-        sources.load_from_dir(str(tmp_path / 'flat'))
+        user_data.load_from_dir(str(tmp_path / 'flat'))
     write_png_folder(tmp_path / 'extra_class', {'a': random_images(1, 4, 4), 'test/c': random_images(1, 4, 4)})
     with pytest.raises(UserError, match=r'test/c is not a training class'):
-        sources.load_from_dir(str(tmp_path / 'extra_class'))
+        user_data.load_from_dir(str(tmp_path / 'extra_class'))
 
 
 @pytest.mark.parametrize('arrays, message', [
@@ -463,18 +465,18 @@ def test_user_dir_errors(tmp_path):
 def test_user_npz_errors(tmp_path, arrays, message):
     np.savez(tmp_path / 'bad.npz', **arrays)
     with pytest.raises(UserError, match=message):
-        sources.load_from_npz(str(tmp_path / 'bad.npz'))
+        user_data.load_from_npz(str(tmp_path / 'bad.npz'))
 
 
 def test_user_name_errors(tmp_path):
     with pytest.raises(UserError, match='is a built-in dataset'):
-        sources.convert_user('cifar10', from_npz=str(tmp_path / 'x.npz'))
+        user_data.convert_user('cifar10', from_npz=str(tmp_path / 'x.npz'))
     with pytest.raises(UserError, match='bad dataset name'):
-        sources.convert_user('my.data', from_npz=str(tmp_path / 'x.npz'))
+        user_data.convert_user('my.data', from_npz=str(tmp_path / 'x.npz'))
     with pytest.raises(UserError, match='exactly one of --from_dir and --from_npz'):
-        sources.convert_user('mine')
+        user_data.convert_user('mine')
     with pytest.raises(UserError, match='cannot read .*not_npz.npz'):
-        sources.load_from_npz(write_file(tmp_path / 'not_npz.npz', b'hello'))
+        user_data.load_from_npz(write_file(tmp_path / 'not_npz.npz', b'hello'))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
