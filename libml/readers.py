@@ -263,6 +263,24 @@ def read_stl10_binary(images, labels=None):
     return pixels, classes
 
 
+def parse_folds(data: bytes, count: int, where: str) -> list:
+    """Folds of an STL-10 fold_indices.txt: one line per fold of space-separated 0-based indices into the `count`
+    training images (10 lines of 1000 in the original archive). Returns a list of lists of ints."""
+    try:
+        folds = [[int(token) for token in line.split()] for line in data.decode('ascii').splitlines() if line.strip()]
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f'{where} is not lines of image indices: it is corrupt; delete the archive and get it '
+                        f'again') from None
+    if not folds:
+        raise UserError(f'{where} is empty; delete the archive and get it again')
+    for number, fold in enumerate(folds):
+        bad = [i for i in fold if not 0 <= i < count]
+        if bad or len(set(fold)) != len(fold):
+            what = f'index {bad[0]} outside the {count} training images' if bad else 'a repeated index'
+            raise UserError(f'{where}: fold {number} holds {what}; delete the archive and get it again')
+    return folds
+
+
 
 def pad_digits(images, border=2):
     """(N, 28, 28) uint8 -> (N, 32, 32, 1) with a zero border of `border` pixels on every side."""

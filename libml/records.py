@@ -28,6 +28,8 @@ class DatasetInfo:
     flip: whether weak augmentation mirrors images left-right (not for digits).
     pad: reflect-padding in pixels before the random crop of weak augmentation.
     sizes: number of records in each written file, e.g. {'train': 50000, 'test': 10000}.
+    folds: the official labeled folds, lists of 0-based training-image indices (STL-10's fold_indices.txt),
+        or None; not written to the JSON when None.
     """
     name: str
     shape: tuple
@@ -36,6 +38,7 @@ class DatasetInfo:
     flip: bool = True
     pad: int = 4
     sizes: dict = dataclasses.field(default_factory=dict)
+    folds: list = None
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
@@ -47,7 +50,10 @@ class DatasetInfo:
         return os.path.join(root or utils.ml_data(), f'{name}.json')
 
     def save(self, root=None):
-        utils.write_json(self.path(self.name, root), dataclasses.asdict(self))
+        fields = dataclasses.asdict(self)
+        if fields['folds'] is None:
+            del fields['folds']
+        utils.write_json(self.path(self.name, root), fields)
 
     @classmethod
     def load(cls, name, root=None):
@@ -147,15 +153,18 @@ def default_pad(width):
     return int(width / 8 + 0.5)
 
 
-def write_dataset(name, splits, class_names, flip, pad, root=None):
-    """Writes <root>/<name>-<split>.tfrecord for each split, then <root>/<name>.json; returns the DatasetInfo."""
+def write_dataset(name, splits, class_names, flip, pad, root=None, folds=None):
+    """Writes <root>/<name>-<split>.tfrecord for each split, then <root>/<name>.json; returns the DatasetInfo.
+
+    folds: official labeled folds (lists of training-image indices) kept in the JSON, or None."""
     for split, (images, labels) in splits.items():
         path = record_path(name, split, root)
         write_records(path, images, labels)
         logging.info('Wrote %d records to %s', len(labels), path)
     info = DatasetInfo(name=name, shape=splits['train'][0].shape[1:], nclass=len(class_names),
                                class_names=list(class_names), flip=bool(flip), pad=int(pad),
-                               sizes={split: int(len(labels)) for split, (_, labels) in sorted(splits.items())})
+                               sizes={split: int(len(labels)) for split, (_, labels) in sorted(splits.items())},
+                               folds=None if folds is None else [[int(i) for i in fold] for fold in folds])
     info.save(root)
     logging.info('Wrote %s', DatasetInfo.path(name, root))
     return info

@@ -17,8 +17,8 @@ import numpy as np
 from libml import records
 from libml import utils
 from libml.readers import (CIFAR10_CLASSES, CIFAR100_CLASSES, DIGIT_CLASSES, FASHION_MNIST_CLASSES, STL10_CLASSES,
-                           check_labels, check_same_count, corrupt_error, pad_digits, parse_names, read_cifar_binary,
-                           read_idx, read_stl10_images, read_stl10_labels, read_svhn_mat)
+                           check_labels, check_same_count, corrupt_error, pad_digits, parse_folds, parse_names,
+                           read_cifar_binary, read_idx, read_stl10_images, read_stl10_labels, read_svhn_mat)
 from libml.utils import UserError
 
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
@@ -70,13 +70,16 @@ def load_svhn(paths, extra):
     return splits, DIGIT_CLASSES
 
 
-STL10_MEMBERS = {'train_X.bin', 'train_y.bin', 'test_X.bin', 'test_y.bin', 'unlabeled_X.bin', 'class_names.txt'}
+STL10_MEMBERS = {'train_X.bin', 'train_y.bin', 'test_X.bin', 'test_y.bin', 'unlabeled_X.bin', 'class_names.txt',
+                 'fold_indices.txt'}
 
 
 def load_stl10(paths):
-    """Reads the stl10_binary.tar.gz members in one pass (the big unlabeled_X.bin is never extracted to disk)."""
+    """Reads the stl10_binary.tar.gz members in one pass (the big unlabeled_X.bin is never extracted to disk).
+
+    Returns (splits, class_names, folds): folds = the 10 official labeled folds of fold_indices.txt."""
     archive = paths['stl10_binary.tar.gz']
-    arrays, names = {}, None
+    arrays, names, folds = {}, None, None
     try:
         with tarfile.open(archive, 'r:*') as tar:
             for member in tar:
@@ -86,6 +89,8 @@ def load_stl10(paths):
                 f = tar.extractfile(member)
                 if base == 'class_names.txt':
                     names = parse_names(f.read(), 10)
+                elif base == 'fold_indices.txt':
+                    folds = f.read()
                 elif base.endswith('_X.bin'):
                     arrays[base] = read_stl10_images(f)
                 else:
@@ -94,7 +99,8 @@ def load_stl10(paths):
         raise UserError(f'missing file {archive}') from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise corrupt_error(archive, e) from None
-    missing = sorted(STL10_MEMBERS - set(arrays) - {'class_names.txt'})
+    found = set(arrays) | ({'fold_indices.txt'} if folds is not None else set())
+    missing = sorted(STL10_MEMBERS - found - {'class_names.txt'})
     if missing:
         raise UserError(f'{archive} has no member {missing[0]}: it is incomplete; delete it and get it again')
     splits = {}
@@ -103,7 +109,8 @@ def load_stl10(paths):
         check_same_count(images, labels, f'{archive}:{split}_y.bin')
         splits[split] = (images, labels)
     splits['unlabeled'] = (arrays['unlabeled_X.bin'], np.full(len(arrays['unlabeled_X.bin']), -1, np.int64))
-    return splits, names or STL10_CLASSES
+    folds = parse_folds(folds, len(splits['train'][1]), f'{archive}:fold_indices.txt')
+    return splits, names or STL10_CLASSES, folds
 
 
 
@@ -223,14 +230,17 @@ def available_offline(name, source_dir=None, download_dir=None):
                for r in spec.files)
 
 
-def load(name, source_dir=None, download_dir=None):
+def load(name, source_dir=None, download_dir=None, with_folds=False):
     """(splits, class_names) of built-in dataset `name`, fetching its files as needed (see the module docstring).
 
     splits: {'train'|'test'|'extra'|'unlabeled': (uint8 images (N, H, W, C), int64 labels (N,))}.
+    with_folds: also return the official labeled folds (lists of training-image indices; STL-10) or None.
     """
     spec = get_spec(name)
     paths = {r.filename: fetch(r, spec, source_dir, download_dir) for r in spec.files}
-    splits, class_names = spec.loader(paths)
+    splits, class_names, *folds = spec.loader(paths)
+    if with_folds:
+        return splits, tuple(class_names), (folds[0] if folds else None)
     return splits, tuple(class_names)
 
 
@@ -238,7 +248,7 @@ def convert(name, root=None, source_dir=None, download_dir=None):
     """Converts built-in dataset `name` into <root or $ML_DATA>; downloads go to download_dir or <root>/downloads."""
     spec = get_spec(name)
     download_dir = download_dir or os.path.join(root or utils.ml_data(), 'downloads')
-    splits, class_names = load(name, source_dir=source_dir, download_dir=download_dir)
-    return records.write_dataset(name, splits, class_names, spec.flip, spec.pad, root)
+    splits, class_names, folds = load(name, source_dir=source_dir, download_dir=download_dir, with_folds=True)
+    return records.write_dataset(name, splits, class_names, spec.flip, spec.pad, root, folds=folds)
 
 

@@ -1,15 +1,23 @@
 """Labeled and unlabeled splits: which training records each one holds, and in what order.
 
-Counting functions are pure numpy on label arrays; `create_unlabeled` and `create_split`
-read record files, select, and write `$ML_DATA/SSL2/<target>...` with a JSON sidecar.
-
-Per-class label counts (K classes, class 0 is the head class):
-  balanced:             n_k = size // K, the remainder going one each to the first classes.
-  CADR long tail:       n_k = ceil(size * lamda^(-k/(K-1)))         (size = head count N_max)
-  imbalanced (gamma):   n_k = floor(size * gamma^(-k/(K-1)))        (head N_1 = size, tail N_1/gamma)
-  self-masked MNAR:     each image of class k is labeled with probability phi_k.
-
-Original indices count records across the input files in order (file 1 first).
+The rules are those of the original FixMatch scripts (split rule `SPLIT_RULE`, stored in both JSON sidecars).
+Positions count records across the input files in order (file 1 first). K classes, class 0 first.
+  class_id[k]   the positions of the records of class k, in record order (int64). Seed S != 0 shuffles them,
+                for k = 0..K-1 in order, with np.random.RandomState(S).shuffle: the draws of the original's
+                np.random.seed(S); np.random.shuffle(...). Seed 0 keeps record order.
+  train_stats   counts / max(counts) (float64) of the labeled records (label -1 is not counted).
+  greedy        npos = 0; repeatedly c = argmax(train_stats - npos / max(max(npos), 1)), npos[c] += 1
+                (ties go to the lowest class).
+Labeled split: class k gives the first n_k of class_id[k], where n_k is, per protocol,
+  default:              how often the greedy picks class k in `size` steps (size/K each on balanced data,
+                        the class frequencies on imbalanced data such as SVHN);
+  CADR long tail:       ceil(size * lamda^(-k/(K-1)))          (size = head count N_max);
+  imbalanced (gamma):   floor(size * gamma^(-k/(K-1)))         (head N_1 = size, tail N_1/gamma);
+except for
+  official folds:       STL-10 with size = the fold size (1000): the labeled set is fold `seed` (0-based line
+                        of the archive's fold_indices.txt);
+  self-masked MNAR:     record i of class y is labeled iff u_i < phi_y, u = default_rng(seed).random(N).
+Unlabeled file (`unlabeled_order`): the original's per-class queues, see there.
 """
 import math
 import os
@@ -19,34 +27,64 @@ import numpy as np
 from libml import records
 from libml import utils
 
+SPLIT_RULE = 2  # 1 (no field): the earlier rules of this port (default_rng draws, balanced counts, prefix order)
 EPS = 1e-9  # guards ceil/floor against float error, e.g. 20 * 20**-1 = 1.0000000000000002
+STL10_FOLD_SIZE = 1000
 
 
-def class_sizes(labels, nclass):
+def class_sizes(labels: np.ndarray, nclass: int) -> np.ndarray:
     """Number of records of each class 0..nclass-1 (label -1 = unlabeled is not counted)."""
     return np.bincount(labels[labels >= 0], minlength=nclass)[:nclass]
 
 
-def balanced_counts(size, nclass):
-    counts = np.full(nclass, size // nclass, np.int64)
-    counts[:size % nclass] += 1
-    return counts
+def train_stats(counts) -> np.ndarray:
+    """counts / max(counts), float64 (zeros when every count is 0)."""
+    counts = np.asarray(counts, np.float64)
+    return counts / max(counts.max(initial=0), 1)
 
 
-def long_tail_counts(size, lamda, nclass):
+def class_positions(labels: np.ndarray, nclass: int, seed: int) -> list:
+    """class_id: for each class k, the int64 positions of its records, shuffled when seed != 0 (module docstring)."""
+    positions = [np.flatnonzero(labels == k).astype(np.int64) for k in range(nclass)]
+    if seed:
+        rng = np.random.RandomState(seed)
+        for pool in positions:
+            rng.shuffle(pool)
+    return positions
+
+
+def greedy_classes(stats, steps: int, available=None) -> np.ndarray:
+    """The classes c_1..c_steps of the greedy c = argmax(stats - npos / max(max(npos), 1)); npos[c] += 1.
+
+    With `available` (records per class) it stops before the first pick of a class that has none left."""
+    stats = np.asarray(stats, np.float64)
+    npos = np.zeros(len(stats), np.int64)
+    out = np.empty(steps, np.int64)
+    top = 1  # max(max(npos), 1)
+    for t in range(steps):
+        c = int(np.argmax(stats - npos / top))
+        if available is not None and npos[c] >= available[c]:
+            return out[:t]
+        out[t] = c
+        npos[c] += 1
+        top = max(top, int(npos[c]))
+    return out
+
+
+def long_tail_counts(size: int, lamda: float, nclass: int) -> np.ndarray:
     """CADR protocol: n_k = ceil(size * lamda^(-k/(K-1))). CIFAR-10 20/20 -> [20,15,11,8,6,4,3,2,2,1]."""
     k = np.arange(nclass)
     return np.array([math.ceil(size * lamda ** (-i / max(nclass - 1, 1)) - EPS) for i in k], np.int64)
 
 
-def imbalanced_counts(size, gamma, nclass):
+def imbalanced_counts(size: int, gamma: float, nclass: int) -> np.ndarray:
     """Geometric profile from size (head) down to size/gamma (tail), floored."""
     k = np.arange(nclass)
     return np.array([math.floor(size * gamma ** (-i / max(nclass - 1, 1)) + EPS) for i in k], np.int64)
 
 
-def check_counts(counts, available, what):
-    """UserError if some class is asked for more records than it has, or for none at all."""
+def check_counts(counts: np.ndarray, available: np.ndarray, what: str) -> None:
+    """UserError if some class is asked for more records than it has."""
     short = np.flatnonzero(counts > available)
     if short.size:
         k = int(short[0])
@@ -54,22 +92,13 @@ def check_counts(counts, available, what):
                               f'{available[k]}; use a smaller --size')
 
 
-def pick_per_class(labels, counts, seed):
-    """Original indices: counts[k] records of each class k, the first ones (seed 0) or a seeded draw.
-
-    Returns the chosen indices sorted ascending.
-    """
-    rng = np.random.default_rng(seed) if seed else None
-    chosen = []
-    for k, n in enumerate(counts):
-        pool = np.flatnonzero(labels == k)
-        if rng is not None:
-            pool = rng.permutation(pool)
-        chosen.append(pool[:n])
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
+def take_first(positions: list, counts) -> np.ndarray:
+    """The first counts[k] positions of each class list positions[k], sorted ascending (int64)."""
+    chosen = [pool[:n] for pool, n in zip(positions, counts)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros([0], np.int64)
 
 
-def pick_mnar(labels, class_probs, seed):
+def pick_mnar(labels: np.ndarray, class_probs, seed: int) -> np.ndarray:
     """Self-masked MNAR: record i of class y is labeled iff u_i < phi_y, u_i ~ U(0,1) seeded."""
     u = np.random.default_rng(seed).random(len(labels))
     phi = np.asarray(class_probs, np.float64)
@@ -77,21 +106,30 @@ def pick_mnar(labels, class_probs, seed):
     return np.flatnonzero(labeled)
 
 
-def prefix_order(labels):
-    """Order of records such that every prefix follows the class distribution.
+def unlabeled_order(labels: np.ndarray, nclass: int) -> np.ndarray:
+    """Write order (positions into `labels`) of the original create_unlabeled.py.
 
-    The j-th record (in original order) of a group of n records gets the key (j + 0.5) / n;
-    sorting by (key, group) interleaves the groups proportionally, so any prefix of length t
-    holds t * n_k / N +- 1 records of group k. Label -1 (no label) is a group of its own.
+    The original appends each record, in order, to the queue of its class; after each one it repeats: c = the
+    next greedy class (train_stats of these labels); pop the front of queue c and write it, or stop if it is
+    empty; at the end it writes the leftovers of the queues in class order. The greedy classes do not depend on
+    the queues, so this is: the t-th greedy class c takes the next record of class c, until the first class that
+    has none left; then the rest of each class in order. Label -1 (no label) queues with class 0, where the
+    original's label 0 put the STL-10 unlabeled images; they are not counted in train_stats.
     """
-    keys = np.zeros(len(labels), np.float64)
-    for group in np.unique(labels):
-        where = np.flatnonzero(labels == group)
-        keys[where] = (np.arange(len(where)) + 0.5) / len(where)
-    return np.lexsort((np.arange(len(labels)), labels, keys))
+    queue = np.maximum(labels, 0)
+    pools = [np.flatnonzero(queue == k) for k in range(nclass)]
+    sequence = greedy_classes(train_stats(class_sizes(labels, nclass)), len(labels), [len(p) for p in pools])
+    order = np.empty(len(labels), np.int64)
+    used = []
+    for k, pool in enumerate(pools):
+        where = np.flatnonzero(sequence == k)
+        order[where] = pool[:len(where)]
+        used.append(len(where))
+    order[len(sequence):] = np.concatenate([pool[n:] for pool, n in zip(pools, used)] + [np.zeros([0], np.int64)])
+    return order
 
 
-def tail_profile(sizes, gamma, inverse):
+def tail_profile(sizes: np.ndarray, gamma: float, inverse: bool) -> np.ndarray:
     """Per-class counts of a long-tailed set cut from class pools `sizes` (head = class 0,
     or class K-1 when inverse), n_k = floor(N_head * gamma^(-r/(K-1))), r the rank from the head."""
     nclass = len(sizes)
@@ -99,7 +137,7 @@ def tail_profile(sizes, gamma, inverse):
     return counts[::-1].copy() if inverse else counts
 
 
-def parse_class_probs(text, nclass):
+def parse_class_probs(text: str, nclass: int) -> np.ndarray:
     """'0.5,0.2,...' -> array of K probabilities in [0, 1]."""
     try:
         probs = np.array([float(p) for p in text.split(',')], np.float64)
@@ -110,10 +148,41 @@ def parse_class_probs(text, nclass):
     return probs
 
 
+def choose_labeled(labels: np.ndarray, nclass: int, seed: int, size: int, lamda: float = 0.0,
+                   gamma: float = 0.0) -> np.ndarray:
+    """Positions (sorted, int64) of a labeled split by the class rule: class k gives the first n_k of class_id[k]."""
+    return take_first(class_positions(labels, nclass, seed), labeled_counts(labels, nclass, size, lamda, gamma))
+
+
+def labeled_counts(labels: np.ndarray, nclass: int, size: int, lamda: float = 0.0, gamma: float = 0.0) -> np.ndarray:
+    """Per-class counts n_k of a labeled split (see module docstring)."""
+    if lamda and gamma:
+        raise utils.UserError('--lamda and --gamma are two different long-tail protocols; give one')
+    sizes = class_sizes(labels, nclass)
+    if lamda:
+        if lamda < 1:
+            raise utils.UserError(f'--lamda={lamda} must be >= 1 (head count / tail count)')
+        counts = long_tail_counts(size, lamda, nclass)
+    elif gamma:
+        if gamma < 1:
+            raise utils.UserError(f'--gamma={gamma} must be >= 1 (head count / tail count)')
+        counts = imbalanced_counts(size, gamma, nclass)
+        if counts.min() < 1:
+            raise utils.UserError(f'--size={size} with --gamma={gamma} leaves a class with no label; '
+                                  f'use --size >= {math.ceil(gamma)}')
+    else:
+        if size < nclass:
+            raise utils.UserError(f'--size={size} is smaller than the {nclass} classes; a split needs at least '
+                                  f'one label per class')
+        counts = np.bincount(greedy_classes(train_stats(sizes), size), minlength=nclass).astype(np.int64)
+    check_counts(counts, sizes, 'the labeled split')
+    return counts
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 
-def base_name(path):
+def base_name(path: str) -> str:
     """'$ML_DATA/cifar10-train.tfrecord' -> 'cifar10' (the dataset a record file belongs to)."""
     name = os.path.basename(path)
     for split in ('train', 'test', 'extra', 'unlabeled'):
@@ -123,13 +192,13 @@ def base_name(path):
     return name.rsplit('.', 1)[0]
 
 
-def split_of(path):
+def split_of(path: str) -> str:
     """'$ML_DATA/cifar10-train.tfrecord' -> 'train'."""
     return os.path.basename(path)[len(base_name(path)) + 1:-len('.tfrecord')]
 
 
-def read_sources(files):
-    """(serialized records, labels, nclass, base dataset name) of the input record files.
+def read_sources(files: list) -> tuple:
+    """(serialized records, labels, nclass, base dataset name, DatasetInfo or None) of the input record files.
 
     When the dataset's JSON is beside the files, their record counts are checked against it."""
     base = base_name(files[0])
@@ -148,36 +217,39 @@ def read_sources(files):
     if bad.size:
         raise utils.UserError(f'label {bad[0]} out of range [0, {nclass}) in {", ".join(files)}; '
                               f'recreate the files with: {fix}')
-    return serialized, labels, nclass, base
+    return serialized, labels, nclass, base, info
 
 
-def unlabeled_paths(target):
+def unlabeled_paths(target: str) -> tuple:
     return f'{target}-unlabel.tfrecord', f'{target}-unlabel.json'
 
 
-def split_paths(target, seed, size):
+def split_paths(target: str, seed: int, size: int) -> tuple:
     stem = f'{target}.{seed}@{size}-label'
     return f'{stem}.tfrecord', f'{stem}.json'
 
 
-def create_unlabeled(target, files, gamma=0.0, inverse=False, seed=0):
+def create_unlabeled(target: str, files: list, gamma: float = 0.0, inverse: bool = False, seed: int = 0) -> dict:
     """Writes `<target>-unlabel.tfrecord` + `.json` from the training record files.
 
-    All records by default (labeled ones included), or a long-tailed subset (ratio gamma,
-    head class 0, or class K-1 with `inverse`). Written in `prefix_order`. Returns the JSON dict.
+    All records by default (labeled ones included), or a long-tailed subset (ratio gamma, head class 0, or
+    class K-1 with `inverse`): class k keeps the first n_k of its class_id list (shuffled by `seed`) and every
+    record without a label is kept. Written in `unlabeled_order`. Returns the JSON dict.
     """
     if inverse and not gamma:
         raise utils.UserError('--inverse needs --gamma (the imbalance ratio of the inverse long tail)')
-    serialized, labels, nclass, base = read_sources(files)
+    serialized, labels, nclass, base, _ = read_sources(files)
     keep = np.arange(len(labels))
     if gamma:
         if gamma < 1:
             raise utils.UserError(f'--gamma={gamma} must be >= 1 (head count / tail count)')
-        counts = tail_profile(class_sizes(labels, nclass), gamma, inverse)
-        check_counts(counts, class_sizes(labels, nclass), 'the long-tailed unlabeled set')
-        keep = np.sort(np.concatenate([pick_per_class(labels, counts, seed), np.flatnonzero(labels < 0)]))
-    order = keep[prefix_order(labels[keep])]
-    meta = dict(base=base, sources=[os.path.basename(f) for f in files], nclass=nclass,
+        sizes = class_sizes(labels, nclass)
+        counts = tail_profile(sizes, gamma, inverse)
+        check_counts(counts, sizes, 'the long-tailed unlabeled set')
+        chosen = take_first(class_positions(labels, nclass, seed), counts)
+        keep = np.sort(np.concatenate([chosen, np.flatnonzero(labels < 0)]))
+    order = keep[unlabeled_order(labels[keep], nclass)]
+    meta = dict(base=base, sources=[os.path.basename(f) for f in files], nclass=nclass, split_rule=SPLIT_RULE,
                 distribution=class_sizes(labels[order], nclass).tolist(),
                 unlabeled_images=int(np.sum(labels[order] < 0)), indexes=order.tolist(),
                 args=dict(gamma=gamma, inverse=bool(inverse), seed=seed))
@@ -187,61 +259,95 @@ def create_unlabeled(target, files, gamma=0.0, inverse=False, seed=0):
     return meta
 
 
-def labeled_counts(labels, nclass, size, lamda=0.0, gamma=0.0):
-    """Per-class counts of a labeled split (see module docstring)."""
-    if lamda and gamma:
-        raise utils.UserError('--lamda and --gamma are two different long-tail protocols; give one')
-    if lamda:
-        if lamda < 1:
-            raise utils.UserError(f'--lamda={lamda} must be >= 1 (head count / tail count)')
-        counts = long_tail_counts(size, lamda, nclass)
-    elif gamma:
-        if gamma < 1:
-            raise utils.UserError(f'--gamma={gamma} must be >= 1 (head count / tail count)')
-        counts = imbalanced_counts(size, gamma, nclass)
-        if counts.min() < 1:
-            raise utils.UserError(f'--size={size} with --gamma={gamma} leaves a class with no label; '
-                                  f'use --size >= {math.ceil(gamma)}')
-    else:
-        if size < nclass:
-            raise utils.UserError(f'--size={size} is smaller than the {nclass} classes; a balanced split '
-                                  f'needs at least one label per class')
-        counts = balanced_counts(size, nclass)
-    check_counts(counts, class_sizes(labels, nclass), 'the labeled split')
-    return counts
+def official_fold(info, base: str, files: list, labels: np.ndarray, seed: int, size: int):
+    """Positions of official fold `seed` when the dataset has folds of `size` images (STL-10 @1000), else None."""
+    folds = getattr(info, 'folds', None)
+    if not folds:
+        if base == 'stl10' and size == STL10_FOLD_SIZE:
+            raise utils.UserError(f'the STL-10 labeled split of {size} images is an official fold, but '
+                                  f'{records.DatasetInfo.path(base, os.path.dirname(os.path.abspath(files[0])))} '
+                                  f'has no folds (converted by an older version); convert it again with: '
+                                  f'{utils.script("create_datasets.py")} --datasets={base}')
+        return None
+    if size != len(folds[0]):
+        return None
+    if not 0 <= seed < len(folds):
+        raise utils.UserError(f'{base} has {len(folds)} official folds of {size} images: use --seed=0..'
+                              f'{len(folds) - 1} (another --size gives a split by the class rule)')
+    if split_of(files[0]) != 'train':
+        raise utils.UserError(f'the {base} folds index its training images: give {base}-train.tfrecord first')
+    chosen = np.unique(np.asarray(folds[seed], np.int64))  # indices checked when the archive was converted
+    if chosen.size and (chosen.max() >= len(labels) or labels[chosen].min() < 0):
+        raise utils.UserError(f'fold {seed} of {base} points outside its labeled training images; convert the '
+                              f'dataset again with: {utils.script("create_datasets.py")} --datasets={base}')
+    return chosen
 
 
-def create_split(target, files, seed, size=0, lamda=0.0, gamma=0.0, class_probs=None):
-    """Writes `<target>.<seed>@<size>-label.tfrecord` + `.json`; returns (size, JSON dict).
+def create_split(target: str, files: list, seed: int, size: int = 0, lamda: float = 0.0, gamma: float = 0.0,
+                 class_probs=None) -> tuple:
+    """Writes `<target>.<seed>@<size>-label.tfrecord` (chosen records in record order) + `.json`;
+    returns (size, JSON dict).
 
-    With `class_probs` (self-masked MNAR) the size is the number of images drawn, and `size`
-    must be 0. The JSON holds the per-class counts, the chosen original indices and the true
-    per-class labeling probabilities phi_k = n_k / N_k (or the given class_probs).
+    With `class_probs` (self-masked MNAR) the size is the number of images drawn; a nonzero `size` must
+    equal it. The JSON holds the per-class counts, the chosen positions (sorted) and the per-class
+    labeling probabilities phi_k = n_k / N_k (or the given class_probs).
     """
-    serialized, labels, nclass, base = read_sources(files)
+    serialized, labels, nclass, base, info = read_sources(files)
     sizes = class_sizes(labels, nclass)
+    fold = None
     if class_probs is not None:
-        if size or lamda or gamma:
-            raise utils.UserError('--class_probs draws the labeled images at random: give no --size, '
-                                  '--lamda or --gamma with it')
+        if lamda or gamma:
+            raise utils.UserError('--class_probs draws the labeled images at random: give no --lamda or --gamma '
+                                  'with it')
         probs = parse_class_probs(class_probs, nclass) if isinstance(class_probs, str) \
             else np.asarray(class_probs, np.float64)
         chosen = pick_mnar(labels, probs, seed)
+        if size and size != len(chosen):
+            raise utils.UserError(f'--class_probs with --seed={seed} draws {len(chosen)} labels, not --size={size}: '
+                                  f'give --size={len(chosen)} or no --size')
         size = len(chosen)
         label_probs = probs.tolist()
     else:
         if size <= 0:
             raise utils.UserError('--size must be a positive number of labels')
-        counts = labeled_counts(labels, nclass, size, lamda, gamma)
-        chosen = pick_per_class(labels, counts, seed)
-        label_probs = (counts / np.maximum(sizes, 1)).tolist()
+        chosen = None if lamda or gamma else official_fold(info, base, files, labels, seed, size)
+        if chosen is not None:
+            fold = seed
+        else:
+            chosen = choose_labeled(labels, nclass, seed, size, lamda, gamma)
+        label_probs = (class_sizes(labels[chosen], nclass) / np.maximum(sizes, 1)).tolist()
     if not len(chosen):
         raise utils.UserError('the labeled split would be empty; raise --class_probs')
-    meta = dict(base=base, sources=[os.path.basename(f) for f in files], nclass=nclass,
-                distribution=class_sizes(labels[chosen], nclass).tolist(), label_probs=label_probs,
+    meta = dict(base=base, sources=[os.path.basename(f) for f in files], nclass=nclass, split_rule=SPLIT_RULE,
+                distribution=class_sizes(labels[chosen], nclass).tolist(), label_probs=label_probs, fold=fold,
                 indexes=chosen.tolist(), args=dict(seed=seed, size=size, lamda=lamda, gamma=gamma,
                                                    class_probs=None if class_probs is None else label_probs))
     record_path, json_path = split_paths(target, seed, size)
     records.write_serialized(record_path, [serialized[i] for i in chosen])
     utils.write_json(json_path, meta)
     return size, meta
+
+
+def with_options(command: str, args: dict) -> str:
+    """`command` plus the options of a sidecar's `args` that it lacks (e.g. --class_probs of a hand-made split),
+    inserted after the script name."""
+    extra = [f'--{k}' if v is True else f'--{k}=' + (','.join(map(str, v)) if isinstance(v, list) else str(v))
+             for k, v in sorted(args.items()) if v not in (None, False, 0, '', []) and f'--{k}' not in command]
+    head, sep, tail = command.partition('.py ')
+    return f'{head}{sep}{" ".join(extra)} {tail}' if extra and sep else command
+
+
+def check_rule_version(meta: dict, json_path: str, fix: str) -> None:
+    """UserError unless the sidecar `meta` (read from `json_path`) was made by the current SPLIT_RULE.
+
+    `fix` is the command that recreates the file; options recorded in the sidecar's `args` that it lacks are
+    added to it. Files made by the earlier rule (no `split_rule`) hold other images than the original's."""
+    rule = meta.get('split_rule')
+    if rule == SPLIT_RULE:
+        return
+    command = with_options(fix, meta.get('args') or {})
+    if isinstance(rule, int) and rule > SPLIT_RULE:
+        raise utils.UserError(f'{json_path} was made by split rule {rule}, newer than this code\'s {SPLIT_RULE}; '
+                              f'update the code or recreate it with: {command}')
+    raise utils.UserError(f'{json_path} was made by an older split rule that picks other images than the original '
+                          f'FixMatch (no "split_rule": {SPLIT_RULE}); recreate it with: {command}')

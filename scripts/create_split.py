@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Writes a labeled split: $ML_DATA/SSL2/<target>.<seed>@<size>-label.tfrecord (+ .json).
 
-  # balanced: 40 labels on CIFAR-10 = 4 per class (seed 0 = the first images, no shuffle)
+  # 40 labels on CIFAR-10 = 4 per class; seed S shuffles each class as np.random.seed(S) did in the original
+  # FixMatch (seed 0: the first images of each class, no shuffle). Same images as the original for any S and N.
   python scripts/create_split.py --seed=1 --size=40 $ML_DATA/SSL2/cifar10 $ML_DATA/cifar10-train.tfrecord
+  # STL-10 with --size=1000: the labeled set is the official fold S (0..9) of the archive's fold_indices.txt
+  python scripts/create_split.py --seed=1 --size=1000 $ML_DATA/SSL2/stl10 $ML_DATA/stl10-train.tfrecord \
+      $ML_DATA/stl10-unlabeled.tfrecord
   # CADR long tail: --size is the head-class count N_max, class k gets ceil(N_max * lamda^(-k/(K-1)))
   python scripts/create_split.py --seed=1 --size=20 --lamda=20 $ML_DATA/SSL2/cifar10_LT_20 $ML_DATA/cifar10-train.tfrecord
   # classic imbalanced SSL: head N_1=--size, tail N_1/gamma (pair with create_unlabeled.py --gamma)
@@ -11,8 +15,11 @@
   python scripts/create_split.py --seed=1 --class_probs=0.1,0.08,0.06,0.05,0.04,0.03,0.02,0.01,0.01,0.01 \
       $ML_DATA/SSL2/cifar10_MNAR $ML_DATA/cifar10-train.tfrecord
 
-The JSON sidecar holds the per-class `distribution`, the chosen original `indexes` and the
-true per-class labeling probabilities `label_probs`. Same arguments give identical files.
+Without --lamda/--gamma the per-class counts follow the class frequencies of the training records (the
+original's greedy rule: N/K each on balanced data). The label file holds the chosen records in their original
+order; the JSON sidecar holds the per-class `distribution`, the chosen original `indexes` (sorted), the
+per-class labeling probabilities `label_probs` and `split_rule` (see libml/splits.py). Same arguments give
+identical files.
 """
 import os
 import sys
@@ -26,8 +33,10 @@ from absl import logging  # noqa: E402
 
 from libml import splits  # noqa: E402
 
-flags.DEFINE_integer('seed', 0, 'Random seed of the draw; 0 takes the first images of each class (no shuffle).')
-flags.DEFINE_integer('size', 0, 'Number of labels (balanced), or the head-class count with --lamda / --gamma.')
+flags.DEFINE_integer('seed', 0, 'Random seed of the draw (np.random.seed of the original); 0 takes the first images '
+                     'of each class (no shuffle). STL-10 with --size=1000: the official fold 0..9.')
+flags.DEFINE_integer('size', 0, 'Number of labels, or the head-class count with --lamda / --gamma; with '
+                     '--class_probs, optional (it must equal the number drawn).')
 flags.DEFINE_float('lamda', 0, 'CADR long tail: labeled imbalance ratio; class k gets ceil(size*lamda^(-k/(K-1))).')
 flags.DEFINE_float('gamma', 0, 'Imbalanced SSL: class k gets floor(size*gamma^(-k/(K-1))) labels.')
 flags.DEFINE_string('class_probs', None, 'Self-masked MNAR: comma-separated labeling probability of each class.')

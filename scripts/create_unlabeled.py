@@ -7,9 +7,11 @@
   python scripts/create_unlabeled.py --gamma=100 $ML_DATA/SSL2/cifar10_IMB_100 $ML_DATA/cifar10-train.tfrecord
   python scripts/create_unlabeled.py --gamma=100 --inverse $ML_DATA/SSL2/cifar10_INV_100 $ML_DATA/cifar10-train.tfrecord
 
-Holds ALL training records (labeled ones included) unless --gamma, ordered so that every
-prefix follows the class distribution. The JSON sidecar has the per-class `distribution`
-and the original `indexes` in written order.
+Holds ALL training records (labeled ones included) unless --gamma, in the order of the original
+FixMatch script: every prefix follows the class distribution (libml/splits.py, `unlabeled_order`).
+Records without a label (STL-10 unlabeled, label -1) are ordered as the original's label 0 ordered
+them. The JSON sidecar has the per-class `distribution`, the original `indexes` in written order
+and `split_rule`.
 """
 import os
 import sys
@@ -26,7 +28,8 @@ from libml import splits  # noqa: E402
 flags.DEFINE_float('gamma', 0, 'Imbalance ratio of a long-tailed unlabeled set (head count / tail count); '
                    '0 keeps every record.')
 flags.DEFINE_bool('inverse', False, 'With --gamma: long tail in reverse class order (the last class is the head).')
-flags.DEFINE_integer('seed', 0, 'With --gamma: which images of a class are kept (0 = the first ones).')
+flags.DEFINE_integer('seed', 0, 'With --gamma: which images of a class are kept: the first ones of the class list '
+                     'shuffled as create_split.py shuffles it (0 = no shuffle).')
 FLAGS = flags.FLAGS
 
 

@@ -1,4 +1,4 @@
-"""Split rules: per-class counts, MNAR draws, prefix ordering, files and their determinism."""
+"""Split rules: per-class counts, MNAR draws, files, determinism (exactly the original: test_splits_rule.py)."""
 import filecmp
 import json
 import os
@@ -44,8 +44,18 @@ def test_cadr_long_tail_counts_on_cifar10_pools():
 def test_balanced_counts_are_exact():
     assert splits.labeled_counts(CIFAR10_POOLS, 10, 40).tolist() == [4] * 10
     assert splits.labeled_counts(CIFAR10_POOLS, 10, 4000).tolist() == [400] * 10
-    counts = splits.balanced_counts(43, 10)
-    assert counts.sum() == 43 and counts.max() - counts.min() == 1
+    # the greedy on equal class frequencies deals one label per class in turn: the remainder goes to the first ones
+    assert splits.labeled_counts(CIFAR10_POOLS, 10, 43).tolist() == [5, 5, 5] + [4] * 7
+
+
+def test_default_counts_follow_the_class_frequencies():
+    # frequencies 1 : 1/2 : 1/4 (400, 200, 100 records): 70 labels -> 40, 20, 10
+    labels = np.repeat([0, 1, 2], [400, 200, 100])
+    assert splits.labeled_counts(labels, 3, 70).tolist() == [40, 20, 10]
+    # by hand, stats [1, .5, .25]: picks 0 (npos 1,0,0: values 0, .5, .25), 1 (-> 0, -.5, .25), 2
+    assert splits.greedy_classes([1, .5, .25], 3).tolist() == [0, 1, 2]
+    # stops before a class that has no record left
+    assert splits.greedy_classes([1, 1], 5, available=[1, 3]).tolist() == [0, 1]
 
 
 def test_imbalanced_counts_geometric():
@@ -67,20 +77,26 @@ def test_mnar_counts_follow_binomial_expectation():
     assert not np.array_equal(chosen, splits.pick_mnar(CIFAR10_POOLS, phi, seed=4))
 
 
-def test_prefix_order_follows_distribution():
-    labels = np.repeat([0, 1, 2, -1], [600, 300, 100, 200])
-    order = splits.prefix_order(np.random.default_rng(0).permutation(labels))
-    shuffled = np.random.default_rng(0).permutation(labels)[order]
-    fractions = np.array([600, 300, 100, 200]) / 1200
-    for t in (10, 50, 123, 600, 1200):
-        counts = np.array([np.sum(shuffled[:t] == g) for g in (0, 1, 2, -1)])
-        assert np.all(np.abs(counts - t * fractions) <= 1), (t, counts)
+def test_unlabeled_order_prefixes_follow_distribution():
+    labels = np.random.default_rng(0).permutation(np.repeat([0, 1, 2], [600, 300, 100]))
+    written = labels[splits.unlabeled_order(labels, 3)]
+    fractions = np.array([600, 300, 100]) / 1000
+    for t in (10, 50, 123, 600, 1000):
+        counts = np.array([np.sum(written[:t] == g) for g in (0, 1, 2)])
+        assert np.all(np.abs(counts - t * fractions) <= 1.5), (t, counts)
 
 
 def test_size_larger_than_a_class_can_give():
     labels = np.repeat(np.arange(4), [30, 30, 30, 5])
-    with pytest.raises(utils.UserError, match='only 5.*smaller --size'):
-        splits.labeled_counts(labels, 4, 40)
+    # the greedy follows the frequencies: 95 labels take every record, the 96th is a 31st of class 0
+    assert splits.labeled_counts(labels, 4, 95).tolist() == [30, 30, 30, 5]
+    with pytest.raises(utils.UserError, match='31 images of class 0 but the data has only 30.*smaller --size'):
+        splits.labeled_counts(labels, 4, 96)
+    assert splits.labeled_counts(labels, 4, 10, lamda=2).tolist() == [10, 8, 7, 5]
+    with pytest.raises(utils.UserError, match='6 images of class 3 but the data has only 5.*smaller --size'):
+        splits.labeled_counts(labels, 4, 12, lamda=2)  # ceil(12 * 2^(-k/3)) = 12, 10, 8, 6
+    with pytest.raises(utils.UserError, match='40 images of class 0 but the data has only 30'):
+        splits.labeled_counts(labels, 4, 40, lamda=2)
 
 
 def test_bad_split_arguments():
