@@ -42,6 +42,8 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import views  # noqa: E402
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -55,83 +57,26 @@ class FixMatch(train.Algorithm):
         augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and strong views'),
         sup_strong=Param(False, 'DeFixMatch supervised term: mean of the cross-entropies of a weak and a strong '
                          'view of each labeled image.'),
-        CAP=Param(False, 'CADR class-aware propensity: weight the labeled term by 1/q_y (see --cap_form).'),
-        CAI=Param(False, 'CADR class-aware imputation: per-class thresholds tau*(p_hat_k/max p_hat)^beta.'),
-        CADR=Param(False, 'CADR doubly robust correction: subtract the CAP-weighted imputed term of the labeled '
-                   'batch (needs --CAP).'),
-        cap_form=Param('released', 'released: -log p(y|x) - log w (as the released code; gradient unweighted); '
-                       'ipw: w * -log p(y|x).', choices=('released', 'ipw')),
-        cai_beta=Param(0.5, 'Exponent beta of the CAI thresholds.'),
-        debiased=train.DEBIASED,
-        mnar_estimate=train.MNAR_ESTIMATE,
     )
-
-    def __init__(self, trainer):
-        super().__init__(trainer)
-        s = self.settings
-        if s.CADR and not s.CAP:
-            raise utils.UserError('--CADR needs --CAP (its correction is weighted by the propensities); add --CAP')
-        if s.CADR and (s.debiased or s.mnar_estimate != 'none'):
-            raise utils.UserError('--CADR already subtracts the weighted labeled term; drop --debiased/--mnar_estimate')
-        if s.CAP and s.mnar_estimate != 'none':
-            raise utils.UserError('--CAP and --mnar_estimate both reweight the labeled term; choose one')
-
-    def tracks_class_distribution(self):
-        s = self.settings
-        return s.CAP or s.CAI or s.CADR or super().tracks_class_distribution()
-
-    def labeled_strong_view(self):
-        s = self.settings
-        return s.debiased or s.sup_strong or s.CADR or s.mnar_estimate != 'none'
-
-    def thresholds(self, p_hat):
-        """tau, or with --CAI the per-class tau_k = tau * (p_hat_k / max_j p_hat_j)^beta."""
-        tau = self.settings.confidence
-        if not self.settings.CAI:
-            return tau
-        return tau * tf.pow(p_hat / tf.reduce_max(p_hat), self.settings.cai_beta)
-
-    def propensity_weights(self, labels):
-        """w_i = (1 / q_y_i) / mean_batch(1 / q_y), q = labeling_probabilities(); mean 1 over the batch."""
-        inverse = 1 / tf.gather(self.labeling_probabilities(), labels)
-        return tf.stop_gradient(inverse / tf.reduce_mean(inverse))
-
-    def labeled_term(self, per_sample, labels):
-        """The supervised term: plain mean, CAP-weighted (released or ipw form), or the MNAR risk."""
-        if not self.settings.CAP:
-            return self.supervised_loss(per_sample, labels)
-        weights = self.propensity_weights(labels)
-        if self.settings.cap_form == 'ipw':
-            return tf.reduce_mean(weights * per_sample)
-        return tf.reduce_mean(per_sample - tf.math.log(weights))
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
 
     def views(self):
-        labeled, weak, strong = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
-        if self.labeled_strong_view():
-            labeled_views['x_strong'] = make(strong)
-        return labeled_views, {'u_weak': make(weak), 'u_strong': make(strong)}
+        return self.standard_views(labeled_strong=self.settings.sup_strong or self.bias.needs_labeled_term)
 
     def loss(self, batch, step):
         s = self.settings
-        labels = batch['label']
-        strong_labeled = self.labeled_strong_view()
-        parts = [batch['x']] + ([batch['x_strong']] if strong_labeled else []) + [batch['u_weak'], batch['u_strong']]
-        logits = self.forward(*parts)
-        logits_x, logits_weak, logits_strong = logits[0], logits[-2], logits[-1]
-        p_hat = self.update_class_distribution(logits_weak) if self.tracks_class_distribution() else None
-        thresholds = self.thresholds(p_hat)
-        xe = losses.cross_entropy(labels, logits_x)
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        self.bias.update(logits[keys.U_WEAK])
+        thresholds = self.bias.thresholds(s.confidence)
+        xe = losses.cross_entropy(batch[keys.LABEL], logits[keys.X])
         if s.sup_strong:
-            xe = (xe + losses.cross_entropy(labels, logits[1])) / 2
-        xe = self.labeled_term(xe, labels)
-        h_unlabeled, mask = losses.pseudo_label_term(logits_weak, logits_strong, thresholds)
-        h_labeled = losses.pseudo_label_term(logits_x, logits[1], thresholds)[0] if strong_labeled else None
-        unlabeled, xeu = self.unlabeled_loss(h_unlabeled, h_labeled, labels)
-        if s.CADR:
-            unlabeled -= s.wu * tf.reduce_mean(self.propensity_weights(labels) * h_labeled)
-        return xe + unlabeled, {'losses/xe': xe, 'losses/xeu': xeu, 'monitors/mask': tf.reduce_mean(mask)}
+            xe = (xe + losses.cross_entropy(batch[keys.LABEL], logits[keys.X_STRONG])) / 2
+        xe = self.bias.labeled(xe, batch[keys.LABEL])
+        h_unlabeled, mask = losses.pseudo_label_term(logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds)
+        h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
+            if self.bias.needs_labeled_term else None
+        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, batch[keys.LABEL])
+        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask)}
 
 
 if __name__ == '__main__':

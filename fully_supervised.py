@@ -26,7 +26,9 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 
 from libml import views  # noqa: E402
-from libml import consistency_methods as cm  # noqa: E402
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
+from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
 
@@ -44,22 +46,20 @@ class FullySupervised(train.Algorithm):
     def adapt_data(cls, data, settings):
         return data.with_all_labels() if settings.all_labels else data
 
+    label_bias = debias.Support()  # no unlabeled images: nothing to estimate the class distribution from
+
     def views(self):
-        labeled, _, strong = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
-        if self.settings.sup_strong:
-            labeled_views['x_strong'] = make(strong)
-        return labeled_views, {}
+        return self.standard_views(labeled_strong=self.settings.sup_strong)[0], {}
 
     def loss(self, batch, step):
         del step
-        if not self.settings.sup_strong:
-            xe = cm.supervised_xe(batch['label'], self.forward(batch['x'])[0])
-        else:
-            logits_weak, logits_strong = self.forward(batch['x'], batch['x_strong'])
-            xe = (cm.supervised_xe(batch['label'], logits_weak) + cm.supervised_xe(batch['label'], logits_strong)) / 2
-        return xe, {'losses/xe': xe}
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG)
+        labels = batch[keys.LABEL]
+        xe = losses.cross_entropy(labels, logits[keys.X])
+        if self.settings.sup_strong:
+            xe = (xe + losses.cross_entropy(labels, logits[keys.X_STRONG])) / 2
+        xe = self.bias.labeled(xe, labels)
+        return xe, {keys.XE: xe}
 
 
 if __name__ == '__main__':

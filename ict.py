@@ -35,6 +35,7 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import consistency_methods as cm  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -50,35 +51,36 @@ class ICT(train.Algorithm):
         warmup_kimg=cm.WARMUP_KIMG,
         beta=Param(0.5, 'MixUp lambda ~ Beta(beta, beta) (Verma et al.: 1.0 on CIFAR-10, 0.1 on SVHN).'),
         consistency=cm.consistency_param('mse'),
-        debiased=train.DEBIASED,
         optimizer=dataclasses.replace(train.COMMON_PARAMS['optimizer'], default='adam'),
         lr=dataclasses.replace(train.COMMON_PARAMS['lr'], default=0.002),
     )
+    label_bias = cm.LABEL_BIAS
 
     def views(self):
-        weak = self.trainer.view_fn('d')
-        return {'x': weak}, {'u': weak}
+        return {keys.X: 'd'}, {keys.U_WEAK: 'd'}
 
     def mixed(self, images, step, stream):
-        """(Mix(images, images_pi), Mix(q, q_pi)) with q the teacher's softmax of each image."""
+        """(Mix(images, images_pi), Mix(q, q_pi), q) with q the teacher's softmax of each image."""
         seed = losses.step_seed(self.settings.seed, step, stream)
         lam, partner = mixing(tf.shape(images)[0], self.settings.beta, seed)
         teacher_probs = tf.stop_gradient(tf.nn.softmax(self.forward_ema(images, training=True)))
-        return losses.mixup(images, teacher_probs, partner, lam)
+        return (*losses.mixup(images, teacher_probs, partner, lam), teacher_probs)
 
     def loss(self, batch, step):
         s = self.settings
-        u_mixed, q_unlabeled = self.mixed(batch['u'], step, UNLABELED_STREAM)
-        parts = [batch['x'], u_mixed]
-        if s.debiased:
-            x_mixed, q_labeled = self.mixed(batch['x'], step, LABELED_STREAM)
+        u_mixed, q_unlabeled, teacher_u = self.mixed(batch[keys.U_WEAK], step, UNLABELED_STREAM)
+        self.bias.update_probs(teacher_u)
+        parts = [batch[keys.X], u_mixed]
+        labeled_too = self.bias.needs_labeled_term
+        if labeled_too:
+            x_mixed, q_labeled, _ = self.mixed(batch[keys.X], step, LABELED_STREAM)
             parts.append(x_mixed)
         logits = self.forward(*parts)
-        xe = cm.supervised_xe(batch['label'], logits[0])
+        xe = cm.supervised_xe(self, batch, logits[0])
         h_unlabeled = losses.consistency(s.consistency, q_unlabeled, logits[1])
-        h_labeled = losses.consistency(s.consistency, q_labeled, logits[2]) if s.debiased else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
-        return xe + unlabeled, {'losses/xe': xe, **logs}
+        h_labeled = losses.consistency(s.consistency, q_labeled, logits[2]) if labeled_too else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
+        return xe + unlabeled, {keys.XE: xe, **logs}
 
 
 def mixing(n, beta, seed):

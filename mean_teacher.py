@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from libml import views  # noqa: E402
 from libml import consistency_methods as cm  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -44,16 +45,12 @@ class MeanTeacher(train.Algorithm):
         consistency=cm.consistency_param('mse'),
         augment=views.augment_param('d.d.d', 'Views L.W.S: labeled view, teacher view, student view of the '
                                       'unlabeled images'),
-        debiased=train.DEBIASED,
     )
+    label_bias = cm.LABEL_BIAS
 
     def views(self):
-        labeled, teacher, student = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
-        if self.settings.debiased:
-            labeled_views['x_student'] = make(student)
-        return labeled_views, {'u_teacher': make(teacher), 'u_student': make(student)}
+        """Labeled X; unlabeled U_WEAK (teacher view a, W) and U_STRONG (student view b, S); X_STRONG = b(x)."""
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
 
     def teacher_probs(self, images):
         """stop_gradient(softmax(teacher(images))): EMA weights, training mode, no statistics update."""
@@ -61,14 +58,15 @@ class MeanTeacher(train.Algorithm):
 
     def loss(self, batch, step):
         s = self.settings
-        parts = [batch['x']] + ([batch['x_student']] if s.debiased else []) + [batch['u_student']]
-        logits = self.forward(*parts)
-        xe = cm.supervised_xe(batch['label'], logits[0])
-        h_unlabeled = losses.consistency(s.consistency, self.teacher_probs(batch['u_teacher']), logits[-1])
-        h_labeled = losses.consistency(s.consistency, self.teacher_probs(batch['x']), logits[1]) \
-            if s.debiased else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
-        return xe + unlabeled, {'losses/xe': xe, **logs}
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_STRONG)
+        xe = cm.supervised_xe(self, batch, logits[keys.X])
+        teacher_u = self.teacher_probs(batch[keys.U_WEAK])
+        self.bias.update_probs(teacher_u)
+        h_unlabeled = losses.consistency(s.consistency, teacher_u, logits[keys.U_STRONG])
+        h_labeled = losses.consistency(s.consistency, self.teacher_probs(batch[keys.X]), logits[keys.X_STRONG]) \
+            if self.bias.needs_labeled_term else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
+        return xe + unlabeled, {keys.XE: xe, **logs}
 
 
 if __name__ == '__main__':

@@ -42,6 +42,8 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import views  # noqa: E402
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -62,16 +64,15 @@ class MixMatch(train.Algorithm):
                           'classes), kl KL(guess || p), jsd Jensen-Shannon.', choices=losses.CONSISTENCIES),
         augment=views.augment_param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K '
                                       'unlabeled views (S is not used)'),
-        debiased=train.DEBIASED,
     )
+    label_bias = debias.Support(unlabeled_term=True)  # the labeled term is on mixed images: no CAP
 
     def views(self):
         labeled, weak, _ = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
+        labeled_views = {keys.X: labeled}
         if self.settings.debiased:
-            labeled_views.update({f'x_weak{k}': make(weak) for k in range(self.settings.nu)})
-        return labeled_views, {f'u_weak{k}': make(weak) for k in range(self.settings.nu)}
+            labeled_views.update({f'x_weak{k}': weak for k in range(self.settings.nu)})
+        return labeled_views, {f'u_weak{k}': weak for k in range(self.settings.nu)}
 
     def guess_labels(self, views_u, views_x):
         """Sharpened mean softmax over the K views of the unlabeled (and labeled, if any) images.
@@ -88,10 +89,10 @@ class MixMatch(train.Algorithm):
         views_x = [batch[f'x_weak{k}'] for k in range(s.nu)] if s.debiased else []
         guess_u, guess_x = self.guess_labels(views_u, views_x)
         # Rows: labeled x | K unlabeled views | (--debiased) K labeled views treated as unlabeled.
-        images = tf.concat([batch['x'], *views_u, *views_x], 0)
-        targets = tf.concat([tf.one_hot(tf.cast(batch['label'], tf.int32), self.nclass)] + [guess_u] * s.nu
+        images = tf.concat([batch[keys.X], *views_u, *views_x], 0)
+        targets = tf.concat([tf.one_hot(tf.cast(batch[keys.LABEL], tf.int32), self.nclass)] + [guess_u] * s.nu
                             + [guess_x] * len(views_x), 0)
-        n_x = tf.shape(batch['x'])[0]
+        n_x = tf.shape(batch[keys.X])[0]
         n_u = s.nu * tf.shape(views_u[0])[0]
         n_pool, n_rows = n_x + n_u, tf.shape(images)[0]
         partners, lam = losses.mixmatch_plan(n_rows, n_pool, s.beta, losses.step_seed(s.seed, step, MIX_SALT))
@@ -104,8 +105,8 @@ class MixMatch(train.Algorithm):
         ramp = losses.linear_rampup(step, self.trainer.kimg_to_steps(s.warmup_kimg))
         h_u = losses.consistency(s.consistency, targets_u, logits_u)
         h_x = losses.consistency(s.consistency, targets_xu, logits_xu) if s.debiased else None
-        unlabeled, _ = self.unlabeled_loss(ramp * h_u, None if h_x is None else ramp * h_x)
-        return xe + unlabeled, {'losses/xe': xe, 'losses/xeu': tf.reduce_mean(h_u), 'monitors/wu': s.wu * ramp}
+        unlabeled, _ = self.bias.unlabeled(ramp * h_u, None if h_x is None else ramp * h_x)
+        return xe + unlabeled, {keys.XE: xe, keys.XEU: tf.reduce_mean(h_u), keys.WU: s.wu * ramp}
 
 
 if __name__ == '__main__':

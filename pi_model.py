@@ -29,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from libml import views  # noqa: E402
 from libml import consistency_methods as cm  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -43,27 +44,23 @@ class PiModel(train.Algorithm):
         consistency=cm.consistency_param('mse'),
         augment=views.augment_param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, '
                                       'unlabeled view trained on'),
-        debiased=train.DEBIASED,
     )
+    label_bias = cm.LABEL_BIAS
 
     def views(self):
-        labeled, target, student = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
-        if self.settings.debiased:
-            labeled_views['x_student'] = make(student)
-        return labeled_views, {'u_target': make(target), 'u_student': make(student)}
+        """Labeled X; unlabeled U_WEAK (target a, W) and U_STRONG (student b, S); X_STRONG = b(x)."""
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
 
     def loss(self, batch, step):
         s = self.settings
-        parts = [batch['x']] + ([batch['x_student']] if s.debiased else []) + [batch['u_target'], batch['u_student']]
-        logits = self.forward(*parts)
-        logits_x, logits_target, logits_student = logits[0], logits[-2], logits[-1]
-        xe = cm.supervised_xe(batch['label'], logits_x)
-        h_unlabeled = pi_term(s.consistency, logits_target, logits_student)
-        h_labeled = pi_term(s.consistency, logits_x, logits[1]) if s.debiased else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
-        return xe + unlabeled, {'losses/xe': xe, **logs}
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        self.bias.update(logits[keys.U_WEAK])
+        xe = cm.supervised_xe(self, batch, logits[keys.X])
+        h_unlabeled = pi_term(s.consistency, logits[keys.U_WEAK], logits[keys.U_STRONG])
+        h_labeled = pi_term(s.consistency, logits[keys.X], logits[keys.X_STRONG]) \
+            if self.bias.needs_labeled_term else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
+        return xe + unlabeled, {keys.XE: xe, **logs}
 
 
 def pi_term(kind, logits_target, logits_student):

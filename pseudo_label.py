@@ -27,6 +27,8 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import consistency_methods as cm  # noqa: E402
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -39,21 +41,24 @@ class PseudoLabel(train.Algorithm):
                  '0 = complete case.'),
         warmup_kimg=cm.WARMUP_KIMG,
         threshold=Param(0.95, 'Confidence threshold tau: only predictions with max softmax >= tau become labels.'),
-        debiased=train.DEBIASED,
     )
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
 
     def views(self):
-        weak = self.trainer.view_fn('d')
-        return {'x': weak}, {'u': weak}
+        return {keys.X: 'd'}, {keys.U_WEAK: 'd'}
 
     def loss(self, batch, step):
         s = self.settings
-        logits_x, logits_u = self.forward(batch['x'], batch['u'])
-        xe = cm.supervised_xe(batch['label'], logits_x)
-        h_unlabeled, mask = losses.pseudo_label_term(logits_u, logits_u, s.threshold)
-        h_labeled = losses.pseudo_label_term(logits_x, logits_x, s.threshold)[0] if s.debiased else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
-        return xe + unlabeled, {'losses/xe': xe, **logs, 'monitors/mask': tf.reduce_mean(mask)}
+        logits = self.forward_views(batch, keys.X, keys.U_WEAK)
+        logits_x, logits_u = logits[keys.X], logits[keys.U_WEAK]
+        self.bias.update(logits_u)
+        thresholds = self.bias.thresholds(s.threshold)
+        xe = cm.supervised_xe(self, batch, logits_x)
+        h_unlabeled, mask = losses.pseudo_label_term(logits_u, logits_u, thresholds)
+        h_labeled = losses.pseudo_label_term(logits_x, logits_x, thresholds)[0] if self.bias.needs_labeled_term \
+            else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
+        return xe + unlabeled, {keys.XE: xe, **logs, keys.MASK: tf.reduce_mean(mask)}
 
 
 if __name__ == '__main__':

@@ -44,6 +44,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from libml import views  # noqa: E402
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import models  # noqa: E402
 from libml import train  # noqa: E402
@@ -81,8 +83,8 @@ class ReMixMatch(train.Algorithm):
         beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda).'),
         augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views '
                                       '(the paper: CTAugment)'),
-        debiased=train.DEBIASED,
     )
+    label_bias = debias.Support(unlabeled_term=True)  # the labeled term is on mixed images: no CAP
 
     def build(self):
         """Distribution-alignment statistics and the rotation head (4 classes on the pooled features)."""
@@ -102,12 +104,11 @@ class ReMixMatch(train.Algorithm):
 
     def views(self):
         labeled, weak, strong = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
+        labeled_views = {keys.X: labeled}
         if self.settings.debiased:
-            labeled_views.update({f'x_strong{k}': make(strong) for k in range(self.settings.K)})
-        unlabeled_views = {'u_weak': make(weak)}
-        unlabeled_views.update({f'u_strong{k}': make(strong) for k in range(self.settings.K)})
+            labeled_views.update({f'x_strong{k}': strong for k in range(self.settings.K)})
+        unlabeled_views = {keys.U_WEAK: weak}
+        unlabeled_views.update({f'u_strong{k}': strong for k in range(self.settings.K)})
         return labeled_views, unlabeled_views
 
     def p_model(self, probs, step):
@@ -125,7 +126,7 @@ class ReMixMatch(train.Algorithm):
     def label_guesses(self, batch, step):
         """Aligned, sharpened guesses from the weak views of u and (--debiased) the labeled views x,
         through one training-mode pass that leaves batch norm alone; updates p_model with u's."""
-        weak_logits = self.forward(batch['u_weak'], *([batch['x']] if self.settings.debiased else []),
+        weak_logits = self.forward(batch[keys.U_WEAK], *([batch[keys.X]] if self.settings.debiased else []),
                                    update_bn=False)
         weak_probs = [tf.stop_gradient(tf.nn.softmax(logits)) for logits in weak_logits]
         p_model = self.p_model(weak_probs[0], step)
@@ -137,10 +138,10 @@ class ReMixMatch(train.Algorithm):
         strong_x = [batch[f'x_strong{k}'] for k in range(s.K)] if s.debiased else []
         guess_u, guess_x = self.label_guesses(batch, step)
         # MixUp rows: labeled x | K strong views of u | (--debiased) K strong views of x, treated as unlabeled.
-        images = tf.concat([batch['x'], *strong_u, *strong_x], 0)
-        targets = tf.concat([tf.one_hot(tf.cast(batch['label'], tf.int32), self.nclass)] + [guess_u] * s.K
+        images = tf.concat([batch[keys.X], *strong_u, *strong_x], 0)
+        targets = tf.concat([tf.one_hot(tf.cast(batch[keys.LABEL], tf.int32), self.nclass)] + [guess_u] * s.K
                             + [guess_x] * len(strong_x), 0)
-        n_x, n_u = tf.shape(batch['x'])[0], tf.shape(batch['u_weak'])[0]
+        n_x, n_u = tf.shape(batch[keys.X])[0], tf.shape(batch[keys.U_WEAK])[0]
         n_pool, n_rows = n_x + s.K * n_u, tf.shape(images)[0]
         partners, lam = losses.mixmatch_plan(n_rows, n_pool, s.beta, losses.step_seed(s.seed, step, MIX_SALT))
         mixed_images, mixed_targets = losses.mixup(images, targets, partners, lam)
@@ -166,12 +167,12 @@ class ReMixMatch(train.Algorithm):
         if not s.debiased:
             match_x = first_x = rot_x = None
         ramp = losses.linear_rampup(step, self.trainer.kimg_to_steps(s.warmup_kimg))
-        match, _ = self.unlabeled_loss(ramp * match_u, None if match_x is None else ramp * match_x)
+        match, _ = self.bias.unlabeled(ramp * match_u, None if match_x is None else ramp * match_x)
         kl = losses.dessl_mean(first_u, first_x)
         rot = losses.dessl_mean(rot_u, rot_x)
         loss = xe + match + s.w_kl * ramp * kl + s.w_rot * rot
-        return loss, {'losses/xe': xe, 'losses/xeu': tf.reduce_mean(match_u), 'losses/kl': tf.reduce_mean(first_u),
-                      'losses/rot': tf.reduce_mean(rot_u), 'monitors/wu': s.wu * ramp}
+        return loss, {keys.XE: xe, keys.XEU: tf.reduce_mean(match_u), 'losses/kl': tf.reduce_mean(first_u),
+                      'losses/rot': tf.reduce_mean(rot_u), keys.WU: s.wu * ramp}
 
 
 if __name__ == '__main__':

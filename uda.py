@@ -30,6 +30,8 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import views  # noqa: E402
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -37,9 +39,10 @@ from libml.settings import Param  # noqa: E402
 
 def uda_term(logits_weak, logits_strong, temperature, threshold):
     """Per sample 1(max p_w >= tau) * KL(softmax(weak / T) || softmax(strong)), p_w = softmax(weak);
-    the weak side is a constant. Returns (masked KL (N,), mask (N,) in {0, 1})."""
+    the weak side is a constant. tau is a scalar or per-class thresholds (K,) (--CAI), then image i
+    uses the threshold of its predicted class. Returns (masked KL (N,), mask (N,) in {0, 1})."""
     logits_weak = tf.stop_gradient(logits_weak)
-    mask = tf.cast(tf.reduce_max(tf.nn.softmax(logits_weak), axis=1) >= threshold, tf.float32)
+    mask = losses.confidence_mask(tf.nn.softmax(logits_weak), threshold)
     return losses.kl_divergence(tf.nn.softmax(logits_weak / temperature), logits_strong) * mask, mask
 
 
@@ -51,29 +54,26 @@ class UDA(train.Algorithm):
         confidence=Param(0.95, 'Only unlabeled images whose weak-view max softmax reaches this count.'),
         we=Param(0.0, 'Weight of the entropy of the strong-view prediction (entropy minimisation).'),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
-        debiased=train.DEBIASED,
     )
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
 
     def views(self):
-        labeled, weak, strong = views.parse_augment(self.settings.augment)
-        make = self.trainer.view_fn
-        labeled_views = {'x': make(labeled)}
-        if self.settings.debiased:
-            labeled_views['x_strong'] = make(strong)
-        return labeled_views, {'u_weak': make(weak), 'u_strong': make(strong)}
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
 
     def loss(self, batch, step):
         s = self.settings
-        parts = [batch['x']] + ([batch['x_strong']] if s.debiased else []) + [batch['u_weak'], batch['u_strong']]
-        logits = self.forward(*parts)
-        logits_x, logits_weak, logits_strong = logits[0], logits[-2], logits[-1]
-        xe = tf.reduce_mean(losses.cross_entropy(batch['label'], logits_x))
-        h_u, mask = uda_term(logits_weak, logits_strong, s.T, s.confidence)
-        h_x = uda_term(logits_x, logits[1], s.T, s.confidence)[0] if s.debiased else None
-        unlabeled, kl = self.unlabeled_loss(h_u, h_x)
-        entropy = losses.dessl_mean(losses.entropy(logits_strong), losses.entropy(logits[1]) if s.debiased else None)
-        return xe + unlabeled + s.we * entropy, {'losses/xe': xe, 'losses/xeu': kl, 'losses/entropy': entropy,
-                                                 'monitors/mask': tf.reduce_mean(mask)}
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        self.bias.update(logits[keys.U_WEAK])
+        thresholds = self.bias.thresholds(s.confidence)
+        xe = self.bias.labeled(losses.cross_entropy(batch[keys.LABEL], logits[keys.X]), batch[keys.LABEL])
+        h_u, mask = uda_term(logits[keys.U_WEAK], logits[keys.U_STRONG], s.T, thresholds)
+        labeled_too = self.bias.needs_labeled_term
+        h_x = uda_term(logits[keys.X], logits[keys.X_STRONG], s.T, thresholds)[0] if labeled_too else None
+        unlabeled, kl = self.bias.unlabeled(h_u, h_x, batch[keys.LABEL])
+        entropy = losses.dessl_mean(losses.entropy(logits[keys.U_STRONG]),
+                                    losses.entropy(logits[keys.X_STRONG]) if s.debiased else None)
+        return xe + unlabeled + s.we * entropy, {keys.XE: xe, keys.XEU: kl, 'losses/entropy': entropy,
+                                                 keys.MASK: tf.reduce_mean(mask)}
 
 
 if __name__ == '__main__':

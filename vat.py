@@ -40,6 +40,7 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import consistency_methods as cm  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml.settings import Param  # noqa: E402
@@ -57,14 +58,13 @@ class VAT(train.Algorithm):
                       '(6 for CIFAR-10, 1 for SVHN).'),
         vat_xi=Param(1e-6, 'L2 norm xi of the probe perturbation of the power iteration.'),
         entmin_weight=Param(0.0, 'Weight of entropy minimisation on the unlabeled images (VAT+EM: 0.06).'),
-        debiased=train.DEBIASED,
         optimizer=dataclasses.replace(train.COMMON_PARAMS['optimizer'], default='adam'),
         lr=dataclasses.replace(train.COMMON_PARAMS['lr'], default=0.003),
     )
+    label_bias = cm.LABEL_BIAS
 
     def views(self):
-        weak = self.trainer.view_fn('d')
-        return {'x': weak}, {'u': weak}
+        return {keys.X: 'd'}, {keys.U_WEAK: 'd'}
 
     def logits_no_bn_update(self, images):
         return self.forward(images, update_bn=False)[0]
@@ -81,19 +81,21 @@ class VAT(train.Algorithm):
 
     def loss(self, batch, step):
         s = self.settings
-        logits_x = self.forward(batch['x'])[0]
-        logits_u = self.logits_no_bn_update(batch['u'])
-        xe = cm.supervised_xe(batch['label'], logits_x)
-        h_unlabeled = self.vat_term(batch['u'], logits_u, step, UNLABELED_STREAM)
-        h_labeled = self.vat_term(batch['x'], logits_x, step, LABELED_STREAM) if s.debiased else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, step)
+        logits_x = self.forward(batch[keys.X])[0]
+        logits_u = self.logits_no_bn_update(batch[keys.U_WEAK])
+        self.bias.update(logits_u)
+        xe = cm.supervised_xe(self, batch, logits_x)
+        h_unlabeled = self.vat_term(batch[keys.U_WEAK], logits_u, step, UNLABELED_STREAM)
+        h_labeled = self.vat_term(batch[keys.X], logits_x, step, LABELED_STREAM) if self.bias.needs_labeled_term \
+            else None
+        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
         loss = xe + unlabeled
         if s.entmin_weight:
             entropy_u = tf.reduce_mean(losses.entropy(logits_u))
             entropy = entropy_u - tf.reduce_mean(losses.entropy(logits_x)) if s.debiased else entropy_u
             loss += cm.rampup(self, step) * s.entmin_weight * entropy
             logs['losses/entropy'] = entropy_u
-        return loss, {'losses/xe': xe, **logs}
+        return loss, {keys.XE: xe, **logs}
 
 
 def unit_vectors(d):

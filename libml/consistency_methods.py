@@ -6,10 +6,13 @@ Each of them minimises
 with h the method's per-sample unlabeled term and r(t) = min(1, t / warmup steps) a linear ramp-up
 of the weight over --warmup_kimg. --debiased is DeSSL (Schmutz et al., ICLR 2023): h is also
 computed on the labeled images treated as unlabeled (their labels unused) and subtracted, which
-keeps the risk unbiased under MCAR labels for any wu.
+keeps the risk unbiased under MCAR labels for any wu. The other label-bias corrections
+(libml/debias.py) apply the same way.
 """
 import tensorflow as tf
 
+from libml import debias
+from libml import keys
 from libml import losses
 from libml.settings import Param
 
@@ -18,6 +21,8 @@ from libml.settings import Param
 WARMUP_KIMG = Param(0.4 * (1 << 16), 'The unlabeled weight grows linearly from 0 to --wu over this many kimg '
                     '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=12.)
 UNLABELED_RATIO = Param(1, 'Unlabeled images per labeled image in a step.')
+# A plain labeled cross-entropy and a per-image unlabeled term: DeSSL, MNAR and CAP apply.
+LABEL_BIAS = debias.Support(labeled_term=True, unlabeled_term=True)
 
 
 def consistency_param(default='mse'):
@@ -31,16 +36,22 @@ def rampup(algorithm, step):
     return losses.linear_rampup(step, algorithm.trainer.kimg_to_steps(algorithm.settings.warmup_kimg))
 
 
-def ramped_unlabeled_loss(algorithm, h_unlabeled, h_labeled, step):
-    """r(t) * wu * (mean_u h - [--debiased] mean_l h) and its logs.
+def ramped_unlabeled_loss(algorithm, h_unlabeled, h_labeled, labels, step):
+    """r(t) * (wu * mean_u h - [--debiased] wu * mean_l h) (see debias.LabelBias.unlabeled) and its logs.
 
     h_unlabeled (Nu,), h_labeled (Nl,) or None: per-sample unlabeled terms. Returns (scalar loss,
-    {'losses/xeu': mean_u h, 'monitors/wu': the ramped weight r(t) * wu})."""
+    {XEU: mean_u h, WU: the ramped weight r(t) * wu})."""
     ramp = rampup(algorithm, step)
-    loss, mean_u = algorithm.unlabeled_loss(h_unlabeled, h_labeled)
-    return ramp * loss, {'losses/xeu': mean_u, 'monitors/wu': ramp * algorithm.settings.wu}
+    loss, mean_u = algorithm.bias.unlabeled(h_unlabeled, h_labeled, labels)
+    return ramp * loss, {keys.XEU: mean_u, keys.WU: ramp * algorithm.settings.wu}
 
 
-def supervised_xe(labels, logits):
+def supervised_xe(algorithm, batch, logits):
+    """The labeled term of the labeled view's logits: mean_l H(y, x), or its label-bias correction."""
+    labels = batch[keys.LABEL]
+    return algorithm.bias.labeled(losses.cross_entropy(labels, logits), labels)
+
+
+def plain_supervised_xe(labels, logits):
     """mean_l H(y, x): cross-entropy of the labeled batch, a scalar."""
     return tf.reduce_mean(losses.cross_entropy(labels, logits))

@@ -27,12 +27,17 @@ def pseudo_label_term(logits_weak, logits_strong, threshold):
     Returns (masked cross-entropy (N,), mask (N,) in {0,1}).
     """
     probs = tf.stop_gradient(tf.nn.softmax(logits_weak))
-    predicted = tf.argmax(probs, axis=1)
+    mask = confidence_mask(probs, threshold)
+    return cross_entropy(tf.argmax(probs, axis=1), logits_strong) * mask, mask
+
+
+def confidence_mask(probs, threshold):
+    """1(max_k p_k >= tau) per row as float32 (N,); tau a scalar or per-class thresholds (K,), then
+    row i uses the threshold of its predicted class argmax p."""
     threshold = tf.convert_to_tensor(threshold, tf.float32)
     if threshold.shape.rank == 1:
-        threshold = tf.gather(threshold, predicted)
-    mask = tf.cast(tf.reduce_max(probs, axis=1) >= threshold, tf.float32)
-    return cross_entropy(predicted, logits_strong) * mask, mask
+        threshold = tf.gather(threshold, tf.argmax(probs, axis=1))
+    return tf.cast(tf.reduce_max(probs, axis=1) >= threshold, tf.float32)
 
 
 def kl_divergence(target_probs, logits):

@@ -4,7 +4,6 @@ choices, command lines and a short Fashion-MNIST run of each that learns."""
 import os
 import subprocess
 import sys
-import types
 
 import keras
 import numpy as np
@@ -17,6 +16,7 @@ import mean_teacher
 import pi_model
 import pseudo_label
 import vat
+import fakes
 from conftest import ROOT
 from libml import data
 from libml import losses
@@ -49,9 +49,7 @@ class TableModel:
 def fake_trainer(cls, model, teacher=None, **settings):
     """A trainer holding `model`; the EMA teacher is `teacher` (a model) or, without EMA, the model's
     weights through the real Trainer.classify_ema."""
-    trainer = types.SimpleNamespace(settings=settings_lib.resolve(cls.all_params(), settings), model=model,
-                                    ema=None, data=types.SimpleNamespace(nclass=3), view_fn=lambda code: code)
-    trainer.kimg_to_steps = lambda kimg: train.Trainer.kimg_to_steps(trainer, kimg)
+    trainer = fakes.fake_trainer(cls, model, **settings)
     if teacher is None:
         trainer.classify_ema = lambda images, training=False: train.Trainer.classify_ema(trainer, images, training)
     else:
@@ -141,8 +139,8 @@ PI_TABLE = np.array([[2., 0., 0.], [0., 1., 0.],                  # 0-1 labeled 
                      [1., 0., 0.], [0., 3., 0.], [0., 0., 1.],    # 2-4 unlabeled, target view
                      [0., 1., 0.], [0., 3., 1.], [2., 0., 1.],    # 5-7 unlabeled, student view
                      [1., 1., 0.], [0., 0., 2.]])                 # 8-9 labeled, student view
-PI_BATCH = dict(x=rows(0, 1), label=tf.constant([0, 2]), u_target=rows(2, 3, 4), u_student=rows(5, 6, 7),
-                x_student=rows(8, 9))
+PI_BATCH = dict(x=rows(0, 1), label=tf.constant([0, 2]), u_weak=rows(2, 3, 4), u_strong=rows(5, 6, 7),
+                x_strong=rows(8, 9))
 
 
 @pytest.mark.parametrize('kind', losses.CONSISTENCIES)
@@ -171,7 +169,7 @@ def test_pi_model_debiased_by_hand_and_complete_case():
                                                 debiased=True)).loss(PI_BATCH, 0)
     assert value(complete) == pytest.approx(xe, rel=1e-6)
     views, _ = pi_model.PiModel(fake_trainer(pi_model.PiModel, model, debiased=True, augment='d.x.ra')).views()
-    assert views == {'x': 'd', 'x_student': 'ra'}
+    assert views == {'x': 'd', 'x_strong': 'ra'}
 
 
 def test_linear_rampup_of_the_unlabeled_weight():
@@ -198,7 +196,7 @@ def test_mean_teacher_loss_by_hand(kind):
     h_u = distance_by_hand(kind, softmax(TEACHER_TABLE[[2, 3, 4]]), PI_TABLE[[5, 6, 7]])
     h_l = distance_by_hand(kind, softmax(TEACHER_TABLE[[0, 1]]), PI_TABLE[[8, 9]])
     student, teacher = TableModel(PI_TABLE), TableModel(TEACHER_TABLE)
-    batch = dict(PI_BATCH, u_teacher=PI_BATCH['u_target'])
+    batch = PI_BATCH
     loss, logs = mean_teacher.MeanTeacher(fake_trainer(mean_teacher.MeanTeacher, student, teacher, wu=8.,
                                                        warmup_kimg=0, consistency=kind)).loss(batch, 0)
     assert value(loss) == pytest.approx(xe + 8 * h_u.mean(), rel=1e-5)
@@ -224,7 +222,7 @@ def test_pseudo_label_loss_by_hand():
     xe = nll(PL_TABLE[[0, 1]], [1, 2]).mean()  # the true label of x0 is 1, its pseudo-label 0
     h_u = np.array([nll(PL_TABLE[[2]], [0])[0], 0, nll(PL_TABLE[[4]], [2])[0]])
     h_l = np.array([nll(PL_TABLE[[0]], [0])[0], 0])
-    batch = dict(x=rows(0, 1), label=tf.constant([1, 2]), u=rows(2, 3, 4))
+    batch = dict(x=rows(0, 1), label=tf.constant([1, 2]), u_weak=rows(2, 3, 4))
     model = TableModel(PL_TABLE)
     loss, logs = pseudo_label.PseudoLabel(fake_trainer(pseudo_label.PseudoLabel, model, wu=2., warmup_kimg=0,
                                                        debiased=True)).loss(batch, 0)
@@ -306,7 +304,7 @@ def test_unit_vectors_survive_tiny_gradients():
 
 @pytest.mark.parametrize('entmin_weight', (0., 0.06))
 def test_vat_loss_by_hand(entmin_weight):
-    batch = dict(x=tf.constant(X_LABELED, tf.float32), label=tf.constant([0, 2]), u=tf.constant(X_UNLABELED,
+    batch = dict(x=tf.constant(X_LABELED, tf.float32), label=tf.constant([0, 2]), u_weak=tf.constant(X_UNLABELED,
                                                                                                  tf.float32))
     step = 5
     settings = dict(wu=0.3, warmup_kimg=0, vat_eps=2.0, vat_xi=0.1, entmin_weight=entmin_weight, seed=3)
@@ -369,7 +367,7 @@ def ict_term_by_hand(x, step, stream, kind='mse', beta=0.5, seed=0):
 @pytest.mark.parametrize('kind', ('mse', 'kl'))
 def test_ict_loss_by_hand(kind):
     batch = dict(x=tf.constant(X_LABELED, tf.float32), label=tf.constant([1, 0]),
-                 u=tf.constant(X_UNLABELED, tf.float32))
+                 u_weak=tf.constant(X_UNLABELED, tf.float32))
     step = 11
     xe = nll(X_LABELED @ KERNEL + BIAS, [1, 0]).mean()
     h_u = ict_term_by_hand(X_UNLABELED, step, ict.UNLABELED_STREAM, kind)
@@ -425,11 +423,11 @@ def test_targets_carry_no_gradient():
     pseudo = tf.argmax(model(u_a), axis=1)
     mask = tf.cast(tf.reduce_max(p_u, axis=1) >= 0.5, tf.float32)
     cases = [  # (algorithm, its batch, settings, the loss with the target as a constant)
-        (pi_model.PiModel, dict(u_target=u_a, u_student=u_b), dict(wu=20.),
+        (pi_model.PiModel, dict(u_weak=u_a, u_strong=u_b), dict(wu=20.),
          lambda: xe() + 20 * tf.reduce_mean(losses.consistency('mse', q_pi, model(u_b)))),
-        (vat.VAT, dict(u=u_a), dict(wu=0.3), lambda: xe() + 0.3 * tf.reduce_mean(losses.kl_divergence(
+        (vat.VAT, dict(u_weak=u_a), dict(wu=0.3), lambda: xe() + 0.3 * tf.reduce_mean(losses.kl_divergence(
             p_u, model(u_a + r_adv)))),
-        (pseudo_label.PseudoLabel, dict(u=u_a), dict(wu=2., threshold=0.5),
+        (pseudo_label.PseudoLabel, dict(u_weak=u_a), dict(wu=2., threshold=0.5),
          lambda: xe() + 2 * tf.reduce_mean(mask * losses.cross_entropy(pseudo, model(u_a)))),
     ]
     for cls, images, settings, reference in cases:
@@ -454,11 +452,11 @@ def bn_model():
 BN_X = RNG.normal(size=(2, 4)).astype(np.float32) + 1
 BN_U = [RNG.normal(size=(3, 4)).astype(np.float32) - 2 for _ in range(2)]
 BN_CASES = {  # algorithm, its batch, the images of the one pass that updates the moving statistics
-    'pi_model': (pi_model.PiModel, dict(x=BN_X, u_target=BN_U[0], u_student=BN_U[1]), [BN_X, *BN_U]),
-    'mean_teacher': (mean_teacher.MeanTeacher, dict(x=BN_X, u_teacher=BN_U[0], u_student=BN_U[1]), [BN_X, BN_U[1]]),
-    'vat': (vat.VAT, dict(x=BN_X, u=BN_U[0]), [BN_X]),  # clean and perturbed unlabeled passes: no update
-    'ict': (ict.ICT, dict(x=BN_X, u=BN_U[0]), [BN_X, BN_U[0]]),  # a mix keeps the batch mean: one lambda per step
-    'pseudo_label': (pseudo_label.PseudoLabel, dict(x=BN_X, u=BN_U[0]), [BN_X, BN_U[0]]),
+    'pi_model': (pi_model.PiModel, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), [BN_X, *BN_U]),
+    'mean_teacher': (mean_teacher.MeanTeacher, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), [BN_X, BN_U[1]]),
+    'vat': (vat.VAT, dict(x=BN_X, u_weak=BN_U[0]), [BN_X]),  # clean and perturbed unlabeled passes: no update
+    'ict': (ict.ICT, dict(x=BN_X, u_weak=BN_U[0]), [BN_X, BN_U[0]]),  # a mix keeps the batch mean: one lambda per step
+    'pseudo_label': (pseudo_label.PseudoLabel, dict(x=BN_X, u_weak=BN_U[0]), [BN_X, BN_U[0]]),
     'fully_supervised': (fully_supervised.FullySupervised, dict(x=BN_X), [BN_X]),
 }
 

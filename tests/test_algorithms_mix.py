@@ -14,6 +14,7 @@ import tensorflow as tf
 import mixmatch
 import remixmatch
 import uda
+import fakes
 from conftest import ROOT
 from libml import losses
 from libml import settings as settings_lib
@@ -45,11 +46,7 @@ class FakeModel:
 
 
 def fake_trainer(cls, model, nclass=3, labels=(0, 1, 2), **settings):
-    settings = settings_lib.resolve(cls.all_params(), settings)
-    return types.SimpleNamespace(
-        settings=settings, model=model, view_fn=lambda code: code,
-        data=types.SimpleNamespace(nclass=nclass, labeled=types.SimpleNamespace(labels=np.array(labels))),
-        kimg_to_steps=lambda kimg: int(round(kimg * 1024 / settings.batch)))
+    return fakes.fake_trainer(cls, model, nclass=nclass, labeled_labels=labels, **settings)
 
 
 def sharpen(p, temperature):

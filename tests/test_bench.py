@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from libml import data
+from libml import targets
 
 TINY_MODEL = ['--filters=8', '--repeat=1', '--batch=4', '--uratio=1']
 BENCHMARKS = {
@@ -23,7 +23,7 @@ BENCHMARKS = {
 
 
 def test_every_benchmark_runs_and_ends_with_its_ratio(fashion_mnist, tmp_path):
-    data.ensure_files(data.parse_name('fashion_mnist.1@40-1'))  # once, before the processes that read it start
+    targets.ensure_files(targets.parse_name('fashion_mnist.1@40-1'))  # once, before the processes that read it start
     env = dict(os.environ, PYTHONPATH=ROOT)
     running = {name: subprocess.Popen([sys.executable, os.path.join(ROOT, 'bench', name)] +
                                       [a.format(tmp=tmp_path) for a in args],

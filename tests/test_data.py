@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from libml import data
+from libml import targets
 from libml import records
 from libml import utils
 
@@ -47,12 +48,12 @@ def root():
 
 
 def test_parse_name():
-    assert data.parse_name('cifar10.1@40-1') == data.SplitName('cifar10', 1, 40, 1)
-    assert data.parse_name('cifar10_LT_20.3@20-5000') == data.SplitName('cifar10_LT_20', 3, 20, 5000)
-    assert str(data.parse_name('fashion_mnist.2@250')) == 'fashion_mnist.2@250-1'
+    assert targets.parse_name('cifar10.1@40-1') == targets.SplitName('cifar10', 1, 40, 1)
+    assert targets.parse_name('cifar10_LT_20.3@20-5000') == targets.SplitName('cifar10_LT_20', 3, 20, 5000)
+    assert str(targets.parse_name('fashion_mnist.2@250')) == 'fashion_mnist.2@250-1'
     for bad in ('cifar10', 'cifar10.1', 'cifar10@40', 'cifar10.a@40-1', '', 'c.1@40-1-2'):
         with pytest.raises(utils.UserError, match=r'malformed dataset name.*target\.seed@size-valid.*cifar10'):
-            data.parse_name(bad)
+            targets.parse_name(bad)
 
 
 def test_unknown_dataset_lists_known_ones(root):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from libml import metrics
-from libml import train
+from libml import report
 
 
 def test_three_classes_by_hand():
@@ -58,6 +58,6 @@ def test_class_missing_from_the_test_set_is_left_out():
 
 
 def test_confusion_image_rows_are_rates():
-    image = train.confusion_image([[3, 1], [0, 4]], size=4)
+    image = report.confusion_image([[3, 1], [0, 4]], size=4)
     assert image.shape == (1, 4, 4, 1)
     np.testing.assert_allclose(image[0, ::2, ::2, 0], [[0.75, 0.25], [0.0, 1.0]])

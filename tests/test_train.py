@@ -16,9 +16,11 @@ import pytest
 import tensorflow as tf
 
 import fixmatch
+import fakes
 from conftest import ROOT
 from libml import models
 from libml import settings as settings_lib
+from libml import state
 from libml import train
 from libml import utils
 
@@ -30,24 +32,24 @@ TINY = dict(filters=8, repeat=1, batch=16, uratio=2, augment='d.d.rac', ema=0.99
 def test_cosine_schedule_values():
     for progress, expected in ((0, 0.03), (0.5, 0.03 * math.cos(7 * math.pi / 32)),
                                (1, 0.03 * math.cos(7 * math.pi / 16)), (2, 0.03 * math.cos(7 * math.pi / 16))):
-        assert float(train.cosine_lr(0.03, tf.constant(float(progress)))) == pytest.approx(expected, rel=1e-6)
+        assert float(state.cosine_lr(0.03, tf.constant(float(progress)))) == pytest.approx(expected, rel=1e-6)
     assert 0.03 * math.cos(7 * math.pi / 16) == pytest.approx(0.0058527, rel=1e-4)
 
 
 def test_weight_decay_term_and_variables():
-    assert float(train.weight_l2([tf.Variable([1., 2.]), tf.Variable([[3.]])])) == pytest.approx(7.0)  # (1+4+9)/2
+    assert float(state.weight_l2([tf.Variable([1., 2.]), tf.Variable([[3.]])])) == pytest.approx(7.0)  # (1+4+9)/2
     model = models.create_model('wrn', 10, (32, 32, 1), filters=4, repeat=1, scales=2)
     decayed = models.decay_variables(model)
     assert all(v.path.endswith('kernel') for v in decayed)
     assert not any('gamma' in v.path or 'beta' in v.path or 'bias' in v.path for v in decayed)
     assert len(decayed) == 8  # stem + 2 stages x (2 convs + 1x1 shortcut) + dense
     l2 = sum(float(np.sum(np.square(v.numpy()))) for v in decayed) / 2
-    assert float(train.weight_l2(decayed)) == pytest.approx(l2, rel=1e-5)
+    assert float(state.weight_l2(decayed)) == pytest.approx(l2, rel=1e-5)
 
 
 def test_ema_update():
     value = tf.Variable([1.0, -2.0])
-    ema = train.EMA([types.SimpleNamespace(value=value, path='w')], decay=0.9)
+    ema = state.EMA([types.SimpleNamespace(value=value, path='w')], decay=0.9)
     value.assign([3.0, 0.0])
     ema.update([types.SimpleNamespace(value=value)])
     np.testing.assert_allclose(ema.averages[0].numpy(), [0.9 * 1 + 0.1 * 3, 0.9 * -2 + 0.1 * 0])  # [1.2, -1.8]
@@ -63,9 +65,7 @@ def nll(logits, label):
 
 def fake_trainer(logits, **settings):
     """A trainer whose model returns fixed logits (rows in the order of the forward pass)."""
-    return types.SimpleNamespace(settings=settings_lib.resolve(fixmatch.FixMatch.all_params(), settings),
-                                 data=types.SimpleNamespace(nclass=logits.shape[1]),
-                                 model=lambda x, training: logits)
+    return fakes.fake_trainer(fixmatch.FixMatch, lambda x, training: logits, nclass=logits.shape[1], **settings)
 
 
 def test_fixmatch_loss_by_hand():
@@ -103,9 +103,7 @@ def test_defixmatch_loss_by_hand():
     assert float(loss) == pytest.approx(xe + 0.5 * (h_u - h_l), rel=1e-6)
     complete_case, _ = fixmatch.FixMatch(fake_trainer(logits, wu=0.0, debiased=True, sup_strong=True)).loss(batch, 0)
     assert float(complete_case) == pytest.approx(xe, rel=1e-6)
-    views, _ = fixmatch.FixMatch(types.SimpleNamespace(
-        settings=settings_lib.resolve(fixmatch.FixMatch.all_params(), dict(debiased=True)),
-        data=types.SimpleNamespace(nclass=3), view_fn=lambda code: code)).views()
+    views, _ = fixmatch.FixMatch(fakes.fake_trainer(fixmatch.FixMatch, debiased=True)).views()
     assert views == {'x': 'd', 'x_strong': 'cta'}
 
 

@@ -1,0 +1,105 @@
+"""The trained state of a run: model, step counter, optimizer, EMA of the weights, and the EMA
+model used for every evaluation.
+
+  optimizer  SGD, Nesterov momentum 0.9, weight decay as an L2 term wd * sum(w^2)/2 of the loss
+             on conv and dense kernels; or Adam with decoupled decay w <- w - lr * wd * w;
+  schedule   lr(t) = lr * cos(7 pi/16 * t/T) (cosine), lr (constant) or lr * (1 - t/T) (linear),
+             t/T the fraction of training done;
+  EMA        w_ema <- decay * w_ema + (1 - decay) * w after every step; evaluation uses the EMA
+             weights (batch-norm moving statistics are shared with the raw model).
+"""
+import math
+import os
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from libml import models
+from libml import records
+from libml import targets
+from libml import utils
+
+
+class EMA(tf.Module):
+    """Exponential moving average of variables: avg <- decay * avg + (1 - decay) * value."""
+
+    def __init__(self, variables: Sequence[tf.Variable], decay: float):
+        super().__init__(name='ema')
+        self.decay = decay
+        self.averages = [tf.Variable(v.value, trainable=False, name=v.path.replace('/', '_'),
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA) for v in variables]
+
+    def update(self, variables: Sequence[tf.Variable]) -> None:
+        for average, value in zip(self.averages, variables):
+            average.assign(self.decay * average + (1 - self.decay) * value.value)
+
+
+def cosine_lr(lr: float, progress: tf.Tensor) -> tf.Tensor:
+    """lr * cos(7 pi/16 * progress), progress = fraction of training done, clipped to [0, 1]."""
+    return lr * tf.cos(7 * math.pi / 16 * tf.clip_by_value(progress, 0., 1.))
+
+
+def scheduled_lr(schedule: str, lr: float, progress: tf.Tensor) -> tf.Tensor:
+    """Learning rate after a fraction `progress` of training: cosine, constant or linear (to 0)."""
+    if schedule == 'cosine':
+        return cosine_lr(lr, progress)
+    if schedule == 'linear':
+        return lr * (1 - tf.clip_by_value(progress, 0., 1.))
+    return lr * tf.ones_like(progress)
+
+
+def make_optimizer(settings, learning_rate: Callable, variables: Sequence[tf.Variable],
+                   decay_variables: Sequence[tf.Variable]) -> keras.optimizers.Optimizer:
+    """SGD (Nesterov momentum 0.9; weight decay is an L2 term of the loss) or AdamW with decoupled
+    decay on `decay_variables` only. Built on `variables` so a checkpoint can restore its slots."""
+    if settings.optimizer == 'adam':
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=settings.wd)
+        decayed = {id(v) for v in decay_variables}
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    if settings.precision == 'mixed_float16':  # dynamic loss scaling; steps with inf/NaN gradients are skipped
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+def weight_l2(variables: Sequence[tf.Variable]) -> tf.Tensor:
+    """sum(w^2) / 2 over the given variables (tf.nn.l2_loss summed)."""
+    return tf.add_n([tf.nn.l2_loss(v) for v in variables])
+
+
+def create_model(settings, info: records.DatasetInfo) -> keras.Model:
+    """The run's classifier for the dataset described by `info`."""
+    return models.create_model(settings['arch'], info.nclass, info.shape, filters=settings['filters'],
+                               scales=settings['scales'], repeat=settings['repeat'],
+                               bn_momentum=settings['bn_momentum'], sync_bn=settings.get('sync_bn', False))
+
+
+def classify(model: keras.Model, ema: 'EMA | None', images: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """Logits of the EMA weights (raw weights without EMA), in inference mode by default; never
+    updates the batch-norm statistics."""
+    if not training and not ema:
+        return model(images, training=False)
+    weights = ema.averages[:len(model.trainable_variables)] if ema else model.trainable_variables
+    return model.stateless_call(weights, model.non_trainable_variables, images, training=training)[0]
+
+
+def load_ema_model(run_dir: str):
+    """(settings dict, DatasetInfo, Keras model holding the EMA weights of the run's newest checkpoint).
+
+    The raw weights are used when the run has no EMA (--ema=0)."""
+    saved = utils.read_json(os.path.join(run_dir, 'args.json'), 'run settings (args.json of a run directory)')
+    info = records.DatasetInfo.load(targets.recipe_for(targets.parse_name(saved['dataset']).target).base)
+    model = create_model(dict(saved, sync_bn=False), info)
+    ema = EMA(model.trainable_variables, saved['ema']) if saved['ema'] else None
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, 'tf'))
+    if latest is None:
+        raise utils.UserError(f'no checkpoint in {run_dir}/tf; train the run first (its command is in args.json)')
+    checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    if ema:
+        for variable, average in zip(model.trainable_variables, ema.averages):
+            variable.assign(average)
+    return saved, info, model

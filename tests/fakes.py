@@ -1,0 +1,21 @@
+"""Fake trainers for loss tests: an algorithm built on fixed settings, data and model, without
+the training loop."""
+import types
+
+import numpy as np
+
+from libml import debias
+from libml import settings as settings_lib
+
+
+def fake_trainer(cls, model=None, nclass=3, labeled_labels=(0, 1, 2), n_total=100, label_probs=None, **settings):
+    """A trainer namespace for `cls`: resolved settings, a fake data description (labeled classes,
+    n_total training images), `model`, kimg_to_steps and the label-bias state (built)."""
+    settings = settings_lib.resolve(cls.all_params(), settings)
+    labeled = types.SimpleNamespace(labels=np.asarray(labeled_labels, np.int64))
+    data = types.SimpleNamespace(nclass=nclass, labeled=labeled, unlabeled=[0] * (n_total - 1), valid=[0],
+                                 label_meta={'label_probs': label_probs})
+    bias = debias.LabelBias(settings, labeled.labels, n_total, nclass)
+    bias.build()
+    return types.SimpleNamespace(settings=settings, model=model, data=data, bias=bias, ema=None,
+                                 kimg_to_steps=lambda kimg: int(round(kimg * 1024 / settings.batch)))
