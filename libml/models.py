@@ -7,12 +7,14 @@ values in [-1, 1] to float32 logits (N, nclass). Layers follow the global
 Shared conventions:
 - Batch norm: momentum 0.999, epsilon 1e-3 (Keras momentum has the usual meaning:
   moving = momentum * moving + (1 - momentum) * batch).
-- Conv kernels: He normal with fan-out, untruncated; dense kernels: Glorot normal.
-- Convolutions have no bias: every convolution is followed, directly or through the
-  residual stream, only by batch norm, which removes any per-channel constant, so a
-  bias would add parameters without changing what the network can compute.
+- Conv kernels: N(0, 1/sqrt(0.5 k^2 out)), i.e. He normal with fan-out, untruncated; dense
+  kernels: Glorot normal (truncated, as TF1's glorot_normal_initializer); biases start at 0.
+- WRN convolutions have a bias, as the reference's tf.layers.conv2d (every conv output reaches
+  a batch norm, so the biases change nothing the network can compute; they are kept for the
+  parameter count and a seed-for-seed comparison). ResNet-18 and cnn13 (not in the reference)
+  use bias-free convolutions.
 - Weight decay applies to conv and dense kernels only: exactly the variables whose path
-  ends in 'kernel' (see `decay_variables`).
+  ends in 'kernel' (see `decay_variables`); never to biases or batch-norm parameters.
 """
 import dataclasses
 import math
@@ -32,9 +34,10 @@ def conv_init():
     return keras.initializers.VarianceScaling(2.0, 'fan_out', 'untruncated_normal')
 
 
-def conv(x, filters, kernel, stride=1, padding='same', name=None):
-    """Bias-free 2-D convolution with fan-out He init; returns (N, H/stride, W/stride, filters)."""
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+def conv(x, filters, kernel, stride=1, padding='same', name=None, bias=False):
+    """2-D convolution with fan-out He init (and a zero-initialised bias when `bias`); returns
+    (N, H/stride, W/stride, filters)."""
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=bias,
                                kernel_initializer=conv_init(), name=name)(x)
 
 
@@ -73,36 +76,41 @@ def auto_scales(shape):
 
 # ----------------------------------------------------------------------------- WRN
 
-def wrn_block(x, filters, stride, norm, name):
-    """Pre-activation residual block: (N, H, W, Cin) -> (N, H/stride, W/stride, filters).
+def wrn_block(x, filters, stride, norm, name, activate_before_residual=False):
+    """Pre-activation residual block, the reference's `residual`: (N, H, W, Cin) -> (N, H/stride,
+    W/stride, filters).
 
-    Main path: BN -> leaky ReLU -> conv3x3(stride) -> BN -> leaky ReLU -> conv3x3.
-    When the width (or resolution) changes, the shortcut is a 1x1 conv with the block's
-    stride applied to the *pre-activated* input (output of the first BN + leaky ReLU), the
-    standard pre-activation design; otherwise the shortcut is the raw input.
+    a = leaky ReLU(BN(x)); main path conv3x3(stride)(a) -> BN -> leaky ReLU -> conv3x3. The
+    shortcut is x itself, or a 1x1 conv(stride) of x when the width changes (Cin != filters).
+    Only with `activate_before_residual` (the first block of stage 0) does the shortcut start from
+    a instead of the raw x. Convolutions have biases.
     """
     act = bn_lrelu(x, norm, name + '_1')
-    y = conv(act, filters, 3, stride, name=name + '_conv1')
+    shortcut = act if activate_before_residual else x
+    y = conv(act, filters, 3, stride, name=name + '_conv1', bias=True)
     y = bn_lrelu(y, norm, name + '_2')
-    y = conv(y, filters, 3, name=name + '_conv2')
-    if x.shape[-1] != filters or stride != 1:
-        x = conv(act, filters, 1, stride, name=name + '_shortcut')
-    return keras.layers.Add(name=name + '_add')([x, y])
+    y = conv(y, filters, 3, name=name + '_conv2', bias=True)
+    if x.shape[-1] != filters:
+        shortcut = conv(shortcut, filters, 1, stride, name=name + '_shortcut', bias=True)
+    return keras.layers.Add(name=name + '_add')([shortcut, y])
 
 
 def wrn(nclass, shape, filters, scales, repeat, norm, dropout):
-    """WRN (FixMatch layout): stem conv to 16 channels, `scales` stages of `repeat` blocks.
+    """WRN (the reference's ResNet.classifier): stem conv3x3 to 16 channels, `scales` stages of
+    `repeat` blocks, then BN -> leaky ReLU -> global average pool -> dense.
 
-    Stage s has `filters << s` channels; its first block has stride 2 for s > 0. Stage
-    outputs are the Add layers named 'stage{s}_block{repeat-1}_add'. Name: wrn{depth}_{k},
-    depth = 2 * repeat * scales + 4 (28 for the standard 3 x 4 layout), k = filters / 16.
+    Stage s has `filters << s` channels; its first block has stride 2 for s > 0; only the first
+    block of stage 0 activates before the residual. Stage outputs are the Add layers named
+    'stage{s}_block{repeat-1}_add'. Name: wrn{depth}_{k}, depth = 2 * repeat * scales + 4 (28 for
+    the standard 3 x 4 layout), k = filters / 16. No input whitening (the reference's default).
     """
     inputs = keras.Input(shape=shape, dtype='float32', name='images')
-    x = conv(inputs, 16, 3, name='stem_conv')
+    x = conv(inputs, 16, 3, name='stem_conv', bias=True)
     for s in range(scales):
         for b in range(repeat):
             stride = 2 if s > 0 and b == 0 else 1
-            x = wrn_block(x, filters << s, stride, norm, f'stage{s}_block{b}')
+            x = wrn_block(x, filters << s, stride, norm, f'stage{s}_block{b}',
+                          activate_before_residual=s == 0 and b == 0)
     x = bn_lrelu(x, norm, 'head')
     name = f'wrn{2 * repeat * scales + 4}_{filters / 16:g}'.replace('.', 'p')
     return keras.Model(inputs, head(x, nclass, dropout), name=name)

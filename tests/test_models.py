@@ -23,6 +23,34 @@ def cnn13():
     return models.create_model('cnn13', 10, (32, 32, 3))
 
 
+def wrn_hand_count(nclass, channels, filters, scales, repeat):
+    """Trainable parameters of the reference WRN, counted layer by layer: a conv k x k from a to b
+    channels has k*k*a*b weights + b biases, a batch norm on c channels has 2c (gamma, beta)."""
+    def conv(k, a, b):
+        return k * k * a * b + b
+    total, width = conv(3, channels, 16), 16
+    for s in range(scales):
+        out = filters << s
+        for _ in range(repeat):
+            total += 2 * width + conv(3, width, out) + 2 * out + conv(3, out, out)
+            total += conv(1, width, out) if width != out else 0
+            width = out
+    return total + 2 * width + width * nclass + nclass
+
+
+def test_wrn28_2_parameter_count_by_hand(wrn28_2):
+    # stem 448; stage 0: 14528 + 3 x 18624; stage 1: 57728 + 3 x 74112; stage 2: 230144 + 3 x 295680;
+    # head BN 256 and dense 1290
+    assert wrn_hand_count(10, 3, 32, 3, 4) == 448 + 14528 + 3 * 18624 + 57728 + 3 * 74112 + 230144 + 3 * 295680 \
+        + 256 + 1290 == 1469642
+    assert n_trainable(wrn28_2) == 1469642
+    assert n_trainable(models.create_model('wrn', 100, (32, 32, 3), filters=128)) == wrn_hand_count(100, 3, 128, 3, 4)
+    # the moving mean and variance: two per batch-norm channel, as gamma and beta
+    bn_channels = sum(int(np.prod(v.shape)) for v in wrn28_2.non_trainable_variables)
+    assert bn_channels == sum(2 * layer.gamma.shape[0] for layer in wrn28_2.layers
+                              if isinstance(layer, keras.layers.BatchNormalization))
+
+
 @pytest.mark.parametrize('arch,nclass,shape,kwargs,expected,name', [
     ('wrn', 10, (32, 32, 3), {}, 1.47e6, 'wrn28_2'),
     ('wrn', 100, (32, 32, 3), dict(filters=128), 23.4e6, 'wrn28_8'),
@@ -91,9 +119,13 @@ def test_only_kernels_end_in_kernel(arch):
             ends = v.path.endswith('kernel')
             assert ends == (is_kernel_layer and v is layer.kernel), v.path
             assert (id(v) in decay_ids) == ends, v.path
-    # Convolutions are bias-free; only the dense layer has a bias.
+    # WRN convolutions have a bias (as the reference's tf.layers); the other architectures' are bias-free.
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert convs and not any(layer.use_bias for layer in convs)
+    assert convs and all(layer.use_bias == (arch == 'wrn') for layer in convs)
+    for layer in convs:
+        if layer.use_bias:
+            np.testing.assert_array_equal(np.asarray(layer.bias), 0)
+            assert id(layer.bias) not in decay_ids
 
 
 @pytest.mark.parametrize('arch', models.ARCHS)
@@ -137,11 +169,49 @@ def test_wrn_feature_map_shapes(wrn28_2):
     assert wrn28_2.get_layer('stage1_block0_shortcut').strides == (2, 2)
 
 
-def test_wrn_shortcut_uses_preactivated_input(wrn28_2):
+def source(model, layer_name, index=None):
+    """Name of the layer whose output feeds `layer_name` (its `index`-th input for a merge layer)."""
+    tensor = model.get_layer(layer_name).input
+    if index is not None:
+        tensor = tensor[index]
+    return tensor._keras_history.operation.name
+
+
+def test_wrn_shortcut_wiring_as_the_reference(wrn28_2):
+    # activate_before_residual only for the first block of stage 0: its 1x1 shortcut starts from the
+    # activated input; in stages 1 and 2 the shortcut takes the raw input (the previous block's sum)
+    assert source(wrn28_2, 'stage0_block0_shortcut') == 'stage0_block0_1_act'
+    assert source(wrn28_2, 'stage0_block0_1_bn') == 'stem_conv'
+    assert source(wrn28_2, 'stage1_block0_shortcut') == 'stage0_block3_add'
+    assert source(wrn28_2, 'stage2_block0_shortcut') == 'stage1_block3_add'
     for s in range(3):
-        shortcut = wrn28_2.get_layer(f'stage{s}_block0_shortcut')
-        source = shortcut.input._keras_history.operation
-        assert source.name == f'stage{s}_block0_1_act'
+        assert source(wrn28_2, f'stage{s}_block0_conv1') == f'stage{s}_block0_1_act'
+        assert source(wrn28_2, f'stage{s}_block0_add', 0) == f'stage{s}_block0_shortcut'
+        assert source(wrn28_2, f'stage{s}_block0_add', 1) == f'stage{s}_block0_conv2'
+        for b in range(1, 4):  # identity shortcut of the raw input
+            assert source(wrn28_2, f'stage{s}_block{b}_add', 0) == f'stage{s}_block{b - 1}_add'
+            assert source(wrn28_2, f'stage{s}_block{b}_1_bn') == f'stage{s}_block{b - 1}_add'
+    assert wrn28_2.get_layer('stage1_block0_shortcut').kernel.shape == (1, 1, 32, 64)
+    assert wrn28_2.get_layer('stage1_block0_shortcut').bias.shape == (64,)
+    assert source(wrn28_2, 'head_bn') == 'stage2_block3_add'
+
+
+def test_wrn_shortcut_numerics_on_a_tiny_model():
+    """One stage-1 block by hand: with the main path's last conv zeroed, the block's output is the
+    1x1 shortcut conv (stride 2) of its RAW input, not of the activated one."""
+    model = models.create_model('wrn', 3, (4, 4, 1), filters=2, scales=2, repeat=1)
+    model.get_layer('stage1_block0_conv2').kernel.assign(np.zeros((3, 3, 4, 4), np.float32))
+    model.get_layer('stage1_block0_conv2').bias.assign(np.zeros(4, np.float32))
+    probe = keras.Model(model.input, [model.get_layer('stage0_block0_add').output,
+                                      model.get_layer('stage1_block0_add').output])
+    x = np.random.RandomState(3).uniform(-1, 1, (2, 4, 4, 1)).astype(np.float32)
+    block_in, block_out = (np.asarray(t) for t in probe(x, training=False))
+    shortcut = model.get_layer('stage1_block0_shortcut')
+    w, b = np.asarray(shortcut.kernel)[0, 0], np.asarray(shortcut.bias)
+    expected = block_in[:, ::2, ::2] @ w + b  # stride 2, 'same' padding: pixels 0 and 2
+    np.testing.assert_allclose(block_out, expected, rtol=1e-5, atol=1e-6)
+    activated = np.where(block_in > 0, block_in, 0.1 * block_in)  # lrelu(bn(x)), BN at its initial statistics ~ 1
+    assert not np.allclose(block_out, activated[:, ::2, ::2] @ w + b, atol=1e-3)
 
 
 def test_conv_initializer_statistics(wrn28_2):
