@@ -2,8 +2,8 @@
 model used for every evaluation.
 
   optimizer  SGD, Nesterov momentum 0.9, weight decay as an L2 term wd * sum(w^2)/2 of the loss
-             on conv and dense kernels; or Adam with decoupled decay w <- w - lr * wd * w;
-  schedule   lr(t) = lr * cos(7 pi/16 * t/T) (cosine), lr (constant) or lr * (1 - t/T) (linear),
+             on conv and dense kernels; or Adam then decoupled decay w <- w (1 - lr * wd);
+  schedule   lr(t) = lr * cos(7 pi/16 * t/T) (cosine), lr (constant) or lr + (lr_end - lr) t/T (linear),
              t/T the fraction of training done;
   EMA        w_ema <- decay * w_ema + (1 - decay) * w after every step; evaluation uses the EMA
              weights (batch-norm moving statistics are shared with the raw model).
@@ -40,25 +40,41 @@ def cosine_lr(lr: float, progress: tf.Tensor) -> tf.Tensor:
     return lr * tf.cos(7 * math.pi / 16 * tf.clip_by_value(progress, 0., 1.))
 
 
-def scheduled_lr(schedule: str, lr: float, progress: tf.Tensor) -> tf.Tensor:
-    """Learning rate after a fraction `progress` of training: cosine, constant or linear (to 0)."""
+def scheduled_lr(schedule: str, lr: float, progress: tf.Tensor, lr_end: float = 0.) -> tf.Tensor:
+    """Learning rate after a fraction `progress` of training: cosine, constant or linear from lr to
+    lr_end, lr + (lr_end - lr) * t/T (the reference's ab_fixmatch_linearlr)."""
     if schedule == 'cosine':
         return cosine_lr(lr, progress)
     if schedule == 'linear':
-        return lr * (1 - tf.clip_by_value(progress, 0., 1.))
+        return lr + (lr_end - lr) * tf.clip_by_value(progress, 0., 1.)
     return lr * tf.ones_like(progress)
+
+
+class AdamW(keras.optimizers.AdamW):
+    """Adam (epsilon 1e-8 as TF1's AdamOptimizer), then decoupled weight decay AFTER the Adam step:
+    w <- w * (1 - lr * weight_decay) on the decayed variables, as the reference's post-step assign
+    (Keras's AdamW decays before the step: w (1 - lr wd) - update instead of (w - update)(1 - lr wd))."""
+
+    def _apply_weight_decay(self, variables):
+        del variables  # applied after the Adam step instead
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        super()._apply_weight_decay(trainable_variables)
 
 
 def make_optimizer(settings, learning_rate: Callable, variables: Sequence[tf.Variable],
                    decay_variables: Sequence[tf.Variable]) -> keras.optimizers.Optimizer:
-    """SGD (Nesterov momentum 0.9; weight decay is an L2 term of the loss) or AdamW with decoupled
-    decay on `decay_variables` only. Built on `variables` so a checkpoint can restore its slots."""
+    """SGD (momentum --momentum, default 0.9, Nesterov unless --nonesterov; weight decay is an L2 term
+    of the loss) or Adam with decoupled decay w <- w (1 - lr wd) after each step on `decay_variables`
+    only. Built on `variables` so a checkpoint can restore its slots."""
     if settings.optimizer == 'adam':
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=settings.wd)
+        optimizer = AdamW(learning_rate=learning_rate, weight_decay=settings.wd, epsilon=1e-8)
         decayed = {id(v) for v in decay_variables}
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
     else:
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=settings.get('momentum', 0.9),
+                                         nesterov=settings.get('nesterov', True))
     if settings.precision == 'mixed_float16':  # dynamic loss scaling; steps with inf/NaN gradients are skipped
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)
