@@ -6,25 +6,26 @@ Paper setting (CIFAR-10, 4000 labels, WRN-28-2; time not measured):
 Small local run on a CPU (30 kimg; time not measured):
   python ict.py --dataset=fashion_mnist.1@250-1 --local
 
-With the EMA teacher f' (decay --ema) in training mode, q(u) = stop_gradient(softmax(f'(u))),
-one lambda ~ Beta(beta, beta) per step and a random permutation pi of the unlabeled batch:
-  Mix(a, b) = lambda a + (1 - lambda) b
-  L = mean_l H(y, f(x)) + wu * min(1, t / warmup) * mean_u d(Mix(q(u), q(u_pi)), softmax(f(Mix(u, u_pi))))
-d = --consistency (default mse: mean_k (p_k - q_k)^2). lambda is the plain Beta draw (not
-max(lambda, 1 - lambda) as MixMatch). --debiased mixes the labeled batch with a permutation of
-itself the same way (its own lambda) and subtracts its term: the pairs are drawn within each batch,
-so under MCAR labels both terms have the same expectation. Both views are the weak flip + crop.
-lambda and pi are stateless functions of (--seed, step).
+With the EMA teacher f' (decay --ema) in training mode, q(u) = stop_gradient(softmax(f'(u))), and
+for each image i of the unlabeled batch (n images) its own lambda_i ~ Beta(beta, beta),
+lambda_i <- max(lambda_i, 1 - lambda_i), and the partner n-1-i (the batch reversed, u[::-1]):
+  Mix(a)_i = lambda_i a_i + (1 - lambda_i) a_{n-1-i}
+  L = mean_l H(y, f(x)) + wu * min(1, t / warmup) * mean_u d(Mix(q(u)), softmax(f(Mix(u))))
+d = --consistency (default mse: mean_k (p_k - q_k)^2), as the reference's ict.py. --debiased mixes
+the labeled batch with its reverse the same way (its own lambdas) and subtracts its term: the
+pairs are drawn within each batch, so under MCAR labels both terms have the same expectation. Both
+views are the weak flip + crop. The lambdas are stateless functions of (--seed, step, replica).
 
-Batch norm: ONE student forward pass in training mode over x and Mix(u, u_pi) (and the mixed
-labeled batch), updating the moving statistics; the teacher runs in training mode on its own batch
-(u; x separately with --debiased) and never updates them.
+Batch norm as the reference: the student makes separate training-mode passes over x and Mix(u)
+(and the mixed labeled batch), each normalised by its own batch statistics; only the labeled pass
+updates the moving statistics. The teacher runs in training mode on its own batch (u; x
+separately with --debiased) and never updates them. --joint_bn (departs from the reference) makes
+the student's passes one.
 
-Optimizer: Adam with decoupled weight decay (w <- w - lr * wd * w on the kernels), lr 0.002 (the
-Adam rate of MixMatch, Berthelot et al. 2019), cosine decay. The SSL methods notebook used Adam 4e-4,
-Verma et al. SGD; --optimizer=sgd --lr=0.03 gives the FixMatch setup.
+Optimizer as the reference: Adam at a constant lr 0.002, then decoupled weight decay on the kernels
+after each step, w <- w * (1 - lr * wd) with wd = 0.02. --optimizer=sgd --lr=0.03 --wd=5e-4
+--lr_schedule=cosine gives the FixMatch setup.
 """
-import dataclasses
 import os
 import sys
 
@@ -38,7 +39,7 @@ from libml import consistency_methods as cm  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least  # noqa: E402
 
 UNLABELED_STREAM, LABELED_STREAM = 1, 2  # MixUp draws of the unlabeled / labeled batch
 
@@ -46,13 +47,14 @@ UNLABELED_STREAM, LABELED_STREAM = 1, 2  # MixUp draws of the unlabeled / labele
 class ICT(train.Algorithm):
     params = dict(
         uratio=cm.UNLABELED_RATIO,
-        wu=Param(100.0, 'Maximum weight of the interpolation consistency term (consistency coefficient of the SSL '
-                 'methods notebook: 100), reached after --warmup_kimg; 0 = complete case.'),
+        wu=Param(50.0, 'Maximum weight of the interpolation consistency term (the reference\'s consistency_weight: '
+                 '50), reached after --warmup_kimg; 0 = complete case.', check=at_least(0)),
         warmup_kimg=cm.WARMUP_KIMG,
-        beta=Param(0.5, 'MixUp lambda ~ Beta(beta, beta) (Verma et al.: 1.0 on CIFAR-10, 0.1 on SVHN).'),
+        beta=Param(0.5, 'MixUp lambda ~ Beta(beta, beta) per image, then max(lambda, 1 - lambda) (the reference: 0.5; '
+                   'Verma et al.: 1.0 on CIFAR-10, 0.1 on SVHN).', check=above(0)),
         consistency=cm.consistency_param('mse'),
-        optimizer=dataclasses.replace(train.COMMON_PARAMS['optimizer'], default='adam'),
-        lr=dataclasses.replace(train.COMMON_PARAMS['lr'], default=0.002),
+        joint_bn=cm.JOINT_BN,
+        **cm.ADAM_SETUP,
     )
     label_bias = cm.LABEL_BIAS
 
@@ -60,7 +62,7 @@ class ICT(train.Algorithm):
         return {keys.X: 'd'}, {keys.U_WEAK: 'd'}
 
     def mixed(self, images, step, stream):
-        """(Mix(images, images_pi), Mix(q, q_pi), q) with q the teacher's softmax of each image."""
+        """(Mix(images), Mix(q), q) with q the teacher's softmax of each image (see `mixing`)."""
         seed = losses.step_seed(self.settings.seed, step, stream)
         lam, partner = mixing(tf.shape(images)[0], self.settings.beta, seed)
         teacher_probs = tf.stop_gradient(tf.nn.softmax(self.forward_ema(images, training=True)))
@@ -75,7 +77,7 @@ class ICT(train.Algorithm):
         if labeled_too:
             x_mixed, q_labeled, _ = self.mixed(batch[keys.X], step, LABELED_STREAM)
             parts.append(x_mixed)
-        logits = self.forward(*parts)
+        logits = cm.separate_passes(self, *parts)
         xe = cm.supervised_xe(self, batch, logits[0])
         h_unlabeled = losses.consistency(s.consistency, q_unlabeled, logits[1])
         h_labeled = losses.consistency(s.consistency, q_labeled, logits[2]) if labeled_too else None
@@ -84,14 +86,9 @@ class ICT(train.Algorithm):
 
 
 def mixing(n, beta, seed):
-    """(lambda (n,), partner (n,)): one lambda ~ Beta(beta, beta) repeated n times and a uniform random
-    permutation of range(n); stateless in seed [2]. lambda = a / (a + b), a, b ~ Gamma(beta), drawn in
-    float64 (a small beta gives Gamma draws that underflow float32; 0 / 0 gives lambda = 0)."""
-    seed_a, seed_b, seed_partner = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    a = tf.random.stateless_gamma([], seed_a, tf.constant(beta, tf.float64), dtype=tf.float64)
-    b = tf.random.stateless_gamma([], seed_b, tf.constant(beta, tf.float64), dtype=tf.float64)
-    lam = tf.cast(tf.math.divide_no_nan(a, a + b), tf.float32)
-    return tf.fill([n], lam), losses.mixup_partners(n, n, seed_partner)
+    """(lambda (n,), partner (n,)) as the reference: lambda_i ~ Beta(beta, beta) per image, then
+    max(lambda_i, 1 - lambda_i); partner n-1-i (the batch reversed). Stateless in seed [2]."""
+    return losses.mixup_lambda(n, beta, seed), losses.reversed_partners(n)
 
 
 if __name__ == '__main__':

@@ -13,9 +13,11 @@ the teacher the student itself). With two views a(u) (teacher, W of --augment=L.
   L = mean_l H(y, student(x)) + wu * min(1, t / warmup) * mean_u d(q, softmax(student(b(u))))
 --debiased subtracts wu * r(t) * mean_l d(teacher(x), student(b(x))), with an extra S view b(x).
 
-Batch norm: ONE student forward pass in training mode over the labeled view and b(u) (and b(x)),
-updating the moving statistics. The teacher runs in training mode as in the paper (batch
-statistics of its own batch: a(u), and x separately with --debiased) and never updates them.
+Batch norm as the reference: the student makes separate training-mode passes over x and b(u) (and
+b(x) with --debiased), each normalised by its own batch statistics; only the labeled pass updates
+the moving statistics. The teacher runs in training mode as the reference (statistics of its own
+batch: a(u), and x separately with --debiased) and never updates them. --joint_bn (departs from
+the reference) makes the student's passes one.
 
 Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=4e-4.
 """
@@ -33,18 +35,19 @@ from libml import consistency_methods as cm  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, at_least  # noqa: E402
 
 
 class MeanTeacher(train.Algorithm):
     params = dict(
         uratio=cm.UNLABELED_RATIO,
-        wu=Param(8.0, 'Maximum weight of the consistency term (max_consistency_coefficient of Oliver et al.: 8), '
-                 'reached after --warmup_kimg; 0 = complete case.'),
+        wu=Param(50.0, 'Maximum weight of the consistency term (the reference\'s consistency_weight: 50; Oliver et al. '
+                 'used 8), reached after --warmup_kimg; 0 = complete case.', check=at_least(0)),
         warmup_kimg=cm.WARMUP_KIMG,
         consistency=cm.consistency_param('mse'),
         augment=views.augment_param('d.d.d', 'Views L.W.S: labeled view, teacher view, student view of the '
                                       'unlabeled images'),
+        joint_bn=cm.JOINT_BN,
     )
     label_bias = cm.LABEL_BIAS
 
@@ -58,7 +61,7 @@ class MeanTeacher(train.Algorithm):
 
     def loss(self, batch, step):
         s = self.settings
-        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_STRONG)
+        logits = cm.separate_views(self, batch, keys.X, keys.U_STRONG, keys.X_STRONG)
         xe = cm.supervised_xe(self, batch, logits[keys.X])
         teacher_u = self.teacher_probs(batch[keys.U_WEAK])
         self.bias.update_probs(teacher_u)

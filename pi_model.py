@@ -12,9 +12,9 @@ q = stop_gradient(softmax(model(a(u)))), d = --consistency (default mse: mean_k 
 --debiased subtracts wu * r(t) * mean_l d(q(x), softmax(model(b(x)))), with the labeled view x as
 a(x) and an extra S view as b(x).
 
-Batch norm: ONE forward pass in training mode over the labeled view, both unlabeled views (and
-b(x) with --debiased); its batch statistics cover all of them and it updates the moving statistics
-once per step.
+Batch norm as the reference: three forward passes in training mode, x, a(u) and b(u) (and b(x)
+with --debiased), each normalised by its own batch statistics; only the labeled pass updates the
+moving statistics. --joint_bn (departs from the reference) makes it one pass over all of them.
 
 Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=3e-4.
 """
@@ -32,18 +32,19 @@ from libml import consistency_methods as cm  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, at_least  # noqa: E402
 
 
 class PiModel(train.Algorithm):
     params = dict(
         uratio=cm.UNLABELED_RATIO,
-        wu=Param(20.0, 'Maximum weight of the consistency term (max_consistency_coefficient of Oliver et al.: 20), '
-                 'reached after --warmup_kimg; 0 = complete case.'),
+        wu=Param(10.0, 'Maximum weight of the consistency term (the reference\'s consistency_weight: 10; Oliver et al. '
+                 'used 20), reached after --warmup_kimg; 0 = complete case.', check=at_least(0)),
         warmup_kimg=cm.WARMUP_KIMG,
         consistency=cm.consistency_param('mse'),
         augment=views.augment_param('d.d.d', 'Views L.W.S: labeled view, unlabeled view giving the target, '
                                       'unlabeled view trained on'),
+        joint_bn=cm.JOINT_BN,
     )
     label_bias = cm.LABEL_BIAS
 
@@ -53,7 +54,7 @@ class PiModel(train.Algorithm):
 
     def loss(self, batch, step):
         s = self.settings
-        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        logits = cm.separate_views(self, batch, keys.X, keys.U_WEAK, keys.U_STRONG, keys.X_STRONG)
         self.bias.update(logits[keys.U_WEAK])
         xe = cm.supervised_xe(self, batch, logits[keys.X])
         h_unlabeled = pi_term(s.consistency, logits[keys.U_WEAK], logits[keys.U_STRONG])

@@ -12,8 +12,10 @@ on the same (weak flip + crop) view: with p(u) = stop_gradient(softmax(model(u))
 The mean runs over all unlabeled images (masked ones count as 0). --debiased subtracts the same
 term computed on the labeled images (pseudo-labels from the model, not the true labels).
 
-Batch norm: ONE forward pass in training mode over the labeled and the unlabeled batch, updating
-the moving statistics once per step.
+Batch norm as the reference: separate training-mode passes over the labeled and the unlabeled
+batch, each normalised by its own batch statistics; only the labeled pass updates the moving
+statistics. --joint_bn (departs from the reference) makes them one pass. The reference masks with
+max p > tau (strictly); here max p >= tau, as every other threshold of this code base.
 
 Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=3e-4.
 """
@@ -31,16 +33,18 @@ from libml import debias  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, at_least, in_range  # noqa: E402
 
 
 class PseudoLabel(train.Algorithm):
     params = dict(
         uratio=cm.UNLABELED_RATIO,
         wu=Param(1.0, 'Maximum weight of the pseudo-label term (Oliver et al.: 1), reached after --warmup_kimg; '
-                 '0 = complete case.'),
+                 '0 = complete case.', check=at_least(0)),
         warmup_kimg=cm.WARMUP_KIMG,
-        threshold=Param(0.95, 'Confidence threshold tau: only predictions with max softmax >= tau become labels.'),
+        threshold=Param(0.95, 'Confidence threshold tau: only predictions with max softmax >= tau become labels.',
+                        check=in_range(0, 1, low_open=True)),
+        joint_bn=cm.JOINT_BN,
     )
     label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
 
@@ -49,7 +53,7 @@ class PseudoLabel(train.Algorithm):
 
     def loss(self, batch, step):
         s = self.settings
-        logits = self.forward_views(batch, keys.X, keys.U_WEAK)
+        logits = cm.separate_views(self, batch, keys.X, keys.U_WEAK)
         logits_x, logits_u = logits[keys.X], logits[keys.U_WEAK]
         self.bias.update(logits_u)
         thresholds = self.bias.thresholds(s.threshold)

@@ -3,15 +3,17 @@
 
 Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
   python vat.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/vat
-SVHN uses a smaller perturbation: --dataset=svhn.1@1000-1 --vat_eps=1; VAT+EM adds --entmin_weight=0.06.
+SVHN uses a smaller perturbation: --dataset=svhn.1@1000-1 --vat_eps=1; VAT without entropy
+minimisation is --entmin_weight=0.
 Small local run on a CPU (30 kimg; time not measured):
   python vat.py --dataset=fashion_mnist.1@250-1 --local
 
 With p(x) = stop_gradient(softmax(model(x))) and d ~ N(0, I) (one power iteration, xi = --vat_xi):
   g     = grad_r KL(p(u) || softmax(model(u + r)))  at r = xi * d / ||d||
   r_adv = eps * g / ||g||                             (eps = --vat_eps, L2 norm per image)
-  L = mean_l H(y, model(x)) + min(1, t / warmup) * (wu * mean_u KL(p(u) || softmax(model(u + r_adv)))
-                                                    + entmin_weight * mean_u entropy(softmax(model(u))))
+  L = mean_l H(y, model(x)) + wu * min(1, t / warmup) * mean_u KL(p(u) || softmax(model(u + r_adv)))
+      + entmin_weight * mean_u entropy(softmax(model(u)))
+(the entropy term is not ramped up, as the reference).
 --debiased also computes both unlabeled terms on the labeled images (their own r_adv) and
 subtracts them. Both views are the weak flip + crop. The perturbation is computed in float32 (inputs,
 direction and gradient are cast), also under mixed precision. xi = 1e-6 is Miyato et al.'s and
@@ -26,10 +28,9 @@ p(u) and the perturbed predictions are normalised alike (a reference from a join
 unlabeled pass would differ from the probe by its batch statistics, and that difference, not the
 curvature, would set the direction).
 
-Optimizer: Adam with decoupled weight decay (w <- w - lr * wd * w on the kernels), lr 0.003 as
-Oliver et al. (their VAT learning rate), cosine decay.
+Optimizer as the reference: Adam at a constant lr 0.002, then decoupled weight decay on the kernels
+after each step, w <- w * (1 - lr * wd) with wd = 0.02.
 """
-import dataclasses
 import os
 import sys
 
@@ -43,7 +44,7 @@ from libml import consistency_methods as cm  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least  # noqa: E402
 
 UNLABELED_STREAM, LABELED_STREAM = 1, 2  # random directions of the unlabeled / labeled images
 
@@ -52,14 +53,14 @@ class VAT(train.Algorithm):
     params = dict(
         uratio=cm.UNLABELED_RATIO,
         wu=Param(0.3, 'Weight of the VAT term (vat_weight / max_consistency_coefficient of Oliver et al.: 0.3), '
-                 'reached after --warmup_kimg; 0 = complete case.'),
+                 'reached after --warmup_kimg; 0 = complete case.', check=at_least(0)),
         warmup_kimg=cm.WARMUP_KIMG,
         vat_eps=Param(6.0, 'L2 norm eps of the adversarial perturbation of an image in [-1, 1] pixels '
-                      '(6 for CIFAR-10, 1 for SVHN).'),
-        vat_xi=Param(1e-6, 'L2 norm xi of the probe perturbation of the power iteration.'),
-        entmin_weight=Param(0.0, 'Weight of entropy minimisation on the unlabeled images (VAT+EM: 0.06).'),
-        optimizer=dataclasses.replace(train.COMMON_PARAMS['optimizer'], default='adam'),
-        lr=dataclasses.replace(train.COMMON_PARAMS['lr'], default=0.003),
+                      '(6 for CIFAR-10, 1 for SVHN).', check=above(0)),
+        vat_xi=Param(1e-6, 'L2 norm xi of the probe perturbation of the power iteration.', check=above(0)),
+        entmin_weight=Param(0.06, 'Weight of entropy minimisation on the unlabeled images (the reference: 0.06, '
+                            'VAT+EM; 0 = plain VAT), not ramped up.', check=at_least(0)),
+        **cm.ADAM_SETUP,
     )
     label_bias = cm.LABEL_BIAS
 
@@ -93,7 +94,7 @@ class VAT(train.Algorithm):
         if s.entmin_weight:
             entropy_u = tf.reduce_mean(losses.entropy(logits_u))
             entropy = entropy_u - tf.reduce_mean(losses.entropy(logits_x)) if s.debiased else entropy_u
-            loss += cm.rampup(self, step) * s.entmin_weight * entropy
+            loss += s.entmin_weight * entropy
             logs['losses/entropy'] = entropy_u
         return loss, {keys.XE: xe, **logs}
 

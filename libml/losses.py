@@ -19,16 +19,25 @@ def soft_cross_entropy(target_probs, logits):
     return tf.nn.softmax_cross_entropy_with_logits(labels=target_probs, logits=logits)
 
 
-def pseudo_label_term(logits_weak, logits_strong, threshold):
-    """FixMatch's unlabeled term per sample: 1(max p_w >= tau) * H(argmax p_w, strong view).
-
-    p_w = stop_gradient(softmax(logits_weak)). `threshold` is a scalar tau or per-class thresholds
-    (K,), then image i uses the threshold of its predicted class argmax p_w.
-    Returns (masked cross-entropy (N,), mask (N,) in {0,1}).
+def pseudo_label_term(logits_weak, logits_strong, threshold, sharpen='none', temperature=1.0):
+    """FixMatch's unlabeled term per sample, with p = stop_gradient(softmax(logits_weak)) and
+    q = stop_gradient(softmax(logits_weak / T)), T = `temperature`:
+      sharpen='none'    1(max p >= tau) * H(argmax p, strong)     (FixMatch)
+      sharpen='mask'    1(max q >= tau) * H(argmax q, strong)     (ab_fixmatch_sharpen)
+      sharpen='target'  1(max p >= tau) * H(q, strong), soft      (ab_fixmatch_sharpen_conditional_consistency)
+    `threshold` is a scalar tau or per-class thresholds (K,), then image i uses the threshold of
+    its predicted class argmax p. Returns (masked cross-entropy (N,), mask (N,) in {0,1}).
     """
-    probs = tf.stop_gradient(tf.nn.softmax(logits_weak))
-    mask = confidence_mask(probs, threshold)
+    logits_weak = tf.stop_gradient(logits_weak)
+    probs = tf.nn.softmax(logits_weak)
+    sharp = tf.nn.softmax(logits_weak / temperature) if sharpen != 'none' else probs
+    mask = confidence_mask(sharp if sharpen == 'mask' else probs, threshold)
+    if sharpen == 'target':
+        return soft_cross_entropy(sharp, logits_strong) * mask, mask
     return cross_entropy(tf.argmax(probs, axis=1), logits_strong) * mask, mask
+
+
+SHARPEN = ('none', 'mask', 'target')
 
 
 def confidence_mask(probs, threshold):
@@ -79,12 +88,21 @@ def sharpen(probs, temperature):
 
 
 def mixup_lambda(n, alpha, seed):
-    """(n,) mixing weights lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), stateless."""
+    """(n,) mixing weights lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), stateless.
+    lambda = a / (a + b), a, b ~ Gamma(alpha) drawn in float64 (a small alpha gives Gamma draws that
+    underflow float32; 0 / 0 gives lambda = 0, lambda' = 1)."""
     seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    a = tf.random.stateless_gamma([n], seed_a, alpha)
-    b = tf.random.stateless_gamma([n], seed_b, alpha)
-    lam = a / (a + b)
+    alpha = tf.constant(alpha, tf.float64)
+    a = tf.random.stateless_gamma([n], seed_a, alpha, dtype=tf.float64)
+    b = tf.random.stateless_gamma([n], seed_b, alpha, dtype=tf.float64)
+    lam = tf.cast(tf.math.divide_no_nan(a, a + b), tf.float32)
     return tf.maximum(lam, 1 - lam)
+
+
+def reversed_partners(n):
+    """(n,) int32 n-1, ..., 1, 0: the MixUp partner of row i is row n-1-i (the batch reversed, x[::-1],
+    as the reference's ICT and MixUp)."""
+    return tf.range(n - 1, -1, -1)
 
 
 def mixup(x, y, partner_index, lam):

@@ -21,6 +21,7 @@ from conftest import ROOT
 from libml import data
 from libml import losses
 from libml import settings as settings_lib
+from libml import state
 from libml import train
 from reference import nll_rows, softmax
 
@@ -153,7 +154,13 @@ def test_pi_model_loss_by_hand(kind):
     assert value(logs['losses/xe']) == pytest.approx(xe, rel=1e-5)
     assert value(logs['losses/xeu']) == pytest.approx(h_u.mean(), rel=1e-5)
     assert value(loss) == pytest.approx(xe + 20 * h_u.mean(), rel=1e-5)
-    assert model.calls == [('call', True)]  # one forward pass over x and both views
+    # the reference: one pass per view (x, a(u), b(u), and the batch's b(x)); only x's may update batch norm
+    assert model.calls == [('call', True)] + [('stateless', True)] * 3
+    joint = TableModel(PI_TABLE)
+    joint_loss, _ = pi_model.PiModel(fake_trainer(pi_model.PiModel, joint, wu=20., warmup_kimg=0, consistency=kind,
+                                                  joint_bn=True)).loss(PI_BATCH, 0)
+    assert value(joint_loss) == pytest.approx(value(loss), rel=1e-6)
+    assert joint.calls == [('call', True)]  # --joint_bn: one forward pass over x and both views
 
 
 def test_pi_model_debiased_by_hand_and_complete_case():
@@ -164,7 +171,7 @@ def test_pi_model_debiased_by_hand_and_complete_case():
     loss, _ = pi_model.PiModel(fake_trainer(pi_model.PiModel, model, wu=3., warmup_kimg=0,
                                             debiased=True)).loss(PI_BATCH, 0)
     assert value(loss) == pytest.approx(xe + 3 * (h_u.mean() - h_l.mean()), rel=1e-5)
-    assert model.calls == [('call', True)]
+    assert model.calls == [('call', True)] + [('stateless', True)] * 3
     complete, _ = pi_model.PiModel(fake_trainer(pi_model.PiModel, TableModel(PI_TABLE), wu=0., warmup_kimg=0,
                                                 debiased=True)).loss(PI_BATCH, 0)
     assert value(complete) == pytest.approx(xe, rel=1e-6)
@@ -201,7 +208,9 @@ def test_mean_teacher_loss_by_hand(kind):
                                                        warmup_kimg=0, consistency=kind)).loss(batch, 0)
     assert value(loss) == pytest.approx(xe + 8 * h_u.mean(), rel=1e-5)
     assert value(logs['losses/xeu']) == pytest.approx(h_u.mean(), rel=1e-5)
-    assert student.calls == [('call', True)] and teacher.calls == [('stateless', True)]  # teacher in training mode
+    # student: x (may update batch norm), then b(u) and the batch's b(x) on their own; teacher in training mode
+    assert student.calls == [('call', True), ('stateless', True), ('stateless', True)]
+    assert teacher.calls == [('stateless', True)]
     debiased, _ = mean_teacher.MeanTeacher(fake_trainer(mean_teacher.MeanTeacher, TableModel(PI_TABLE), teacher,
                                                         wu=8., warmup_kimg=0, consistency=kind,
                                                         debiased=True)).loss(batch, 0)
@@ -228,7 +237,7 @@ def test_pseudo_label_loss_by_hand():
                                                        debiased=True)).loss(batch, 0)
     assert value(loss) == pytest.approx(xe + 2 * (h_u.mean() - h_l.mean()), rel=1e-5)
     assert value(logs['monitors/mask']) == pytest.approx(2 / 3)
-    assert model.calls == [('call', True)]
+    assert model.calls == [('call', True), ('stateless', True)]  # x, then u on its own
     plain, _ = pseudo_label.PseudoLabel(fake_trainer(pseudo_label.PseudoLabel, model, wu=2., warmup_kimg=0,
                                                      threshold=0.99)).loss(batch, 0)
     assert value(plain) == pytest.approx(xe + 2 * h_u[0] / 3, rel=1e-5)  # only the 0.99991 prediction passes
@@ -332,10 +341,20 @@ def test_vat_loss_by_hand(entmin_weight):
     assert value(other_step) != pytest.approx(value(loss), rel=1e-7)  # a new random direction every step
 
 
-def test_vat_defaults():
+def test_vat_defaults_and_unramped_entropy():
     s = settings_lib.resolve(vat.VAT.all_params(), {})
-    assert (s.optimizer, s.lr, s.wu, s.vat_eps, s.vat_xi, s.entmin_weight, s.uratio) == ('adam', 0.003, 0.3, 6., 1e-6,
-                                                                                          0., 1)
+    # the reference's vat.py: Adam at a constant 0.002, wd 0.02 x lr after each step, VAT+EM weights
+    assert (s.optimizer, s.lr, s.lr_schedule, s.wd, s.wu, s.vat_eps, s.vat_xi, s.entmin_weight, s.uratio) == (
+        'adam', 0.002, 'constant', 0.02, 0.3, 6., 1e-6, 0.06, 1)
+    batch = dict(x=tf.constant(X_LABELED, tf.float32), label=tf.constant([0, 2]),
+                 u_weak=tf.constant(X_UNLABELED, tf.float32))
+    p = softmax(X_UNLABELED @ KERNEL + BIAS)
+    entropy = -np.sum(p * np.log(p), axis=1).mean()
+    xe = nll(X_LABELED @ KERNEL + BIAS, [0, 2]).mean()
+    # step 0 of a 1-kimg warm-up: the VAT term is ramped to 0, the entropy term is not ramped
+    loss, logs = vat.VAT(fake_trainer(vat.VAT, linear_model(KERNEL, BIAS), warmup_kimg=1.)).loss(batch, 0)
+    assert value(loss) == pytest.approx(xe + 0.06 * entropy, rel=1e-5)
+    assert value(logs['losses/entropy']) == pytest.approx(entropy, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,11 +375,12 @@ class LinearTeacher:
 
 
 def ict_term_by_hand(x, step, stream, kind='mse', beta=0.5, seed=0):
-    lam, partner = (t.numpy() for t in ict.mixing(len(x), beta, losses.step_seed(seed, step, stream)))
-    assert sorted(partner) == list(range(len(x))) and np.all(lam == lam[0]) and 0 <= lam[0] <= 1
+    """The reference's ICT term: per-image lambda = max(l, 1 - l), l ~ Beta(beta, beta), partner x[::-1]."""
+    lam = losses.mixup_lambda(len(x), beta, losses.step_seed(seed, step, stream)).numpy()
+    assert np.all((lam >= 0.5) & (lam <= 1)) and len(set(lam)) == len(x)  # one lambda per image
     lam = lam[:, None]
     q = softmax(x @ TEACHER_KERNEL)
-    mixed_x, mixed_q = lam * x + (1 - lam) * x[partner], lam * q + (1 - lam) * q[partner]
+    mixed_x, mixed_q = lam * x + (1 - lam) * x[::-1], lam * q + (1 - lam) * q[::-1]
     return distance_by_hand(kind, mixed_q, mixed_x @ KERNEL + BIAS)
 
 
@@ -386,18 +406,24 @@ def test_ict_loss_by_hand(kind):
     assert value(complete) == pytest.approx(xe, rel=1e-6)
 
 
-def test_ict_mixing_is_stateless_and_beta_distributed():
+def test_ict_mixing_is_stateless_per_image_and_reversed():
     seed = losses.step_seed(0, 3, ict.UNLABELED_STREAM)
     first, again = ict.mixing(6, 0.5, seed), ict.mixing(6, 0.5, seed)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    draws = tf.function(lambda s: ict.mixing(4, 0.5, s)[0][0])
-    lam = np.array([draws(losses.step_seed(0, step, ict.UNLABELED_STREAM)).numpy() for step in range(400)])
-    # Beta(1/2, 1/2): mean 1/2, variance 1/(4 (2 beta + 1)) = 1/8; the plain lambda, not max(lambda, 1 - lambda)
-    assert abs(lam.mean() - 0.5) < 0.05 and abs(lam.var() - 0.125) < 0.02 and np.mean(lam < 0.5) > 0.4
-    small = np.array([ict.mixing(2, 0.1, losses.step_seed(1, step, 1))[0][0].numpy() for step in range(200)])
-    assert np.all(np.isfinite(small)) and np.all((small >= 0) & (small <= 1))
-    assert np.mean((small < 0.05) | (small > 0.95)) > 0.6  # Beta(0.1, 0.1) piles up at 0 and 1
+    np.testing.assert_array_equal(first[1].numpy(), [5, 4, 3, 2, 1, 0])  # the batch reversed, x[::-1]
+    lam = ict.mixing(20000, 0.5, seed)[0].numpy()
+    # max(l, 1 - l), l ~ Beta(1/2, 1/2) = arcsine law: P(max <= m) = (4/pi) arcsin(sqrt(m)) - 1 on [1/2, 1],
+    # mean 1/2 + 1/pi
+    assert lam.min() >= 0.5 and lam.max() <= 1 and len(np.unique(lam)) > 19000
+    assert lam.mean() == pytest.approx(0.5 + 1 / np.pi, abs=0.005)
+    assert np.mean(lam <= 0.75) == pytest.approx(4 / np.pi * np.arcsin(np.sqrt(0.75)) - 1, abs=0.01)
+    small = ict.mixing(2000, 0.1, losses.step_seed(1, 0, 1))[0].numpy()  # Gamma(0.1) draws underflow float32
+    assert np.all(np.isfinite(small)) and np.all((small >= 0.5) & (small <= 1))
+    assert np.mean(small > 0.95) > 0.6  # Beta(0.1, 0.1) piles up at 0 and 1
+    s = settings_lib.resolve(ict.ICT.all_params(), {})
+    assert (s.optimizer, s.lr, s.lr_schedule, s.wd, s.wu, s.beta, s.consistency) == ('adam', 0.002, 'constant', 0.02,
+                                                                                      50., 0.5, 'mse')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +452,7 @@ def test_targets_carry_no_gradient():
         (pi_model.PiModel, dict(u_weak=u_a, u_strong=u_b), dict(wu=20.),
          lambda: xe() + 20 * tf.reduce_mean(losses.consistency('mse', q_pi, model(u_b)))),
         (vat.VAT, dict(u_weak=u_a), dict(wu=0.3), lambda: xe() + 0.3 * tf.reduce_mean(losses.kl_divergence(
-            p_u, model(u_a + r_adv)))),
+            p_u, model(u_a + r_adv))) + 0.06 * tf.reduce_mean(losses.entropy(model(u_a)))),  # entropy: with gradient
         (pseudo_label.PseudoLabel, dict(u_weak=u_a), dict(wu=2., threshold=0.5),
          lambda: xe() + 2 * tf.reduce_mean(mask * losses.cross_entropy(pseudo, model(u_a)))),
     ]
@@ -451,26 +477,107 @@ def bn_model():
 
 BN_X = RNG.normal(size=(2, 4)).astype(np.float32) + 1
 BN_U = [RNG.normal(size=(3, 4)).astype(np.float32) - 2 for _ in range(2)]
-BN_CASES = {  # algorithm, its batch, the images of the one pass that updates the moving statistics
-    'pi_model': (pi_model.PiModel, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), [BN_X, *BN_U]),
-    'mean_teacher': (mean_teacher.MeanTeacher, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), [BN_X, BN_U[1]]),
-    'vat': (vat.VAT, dict(x=BN_X, u_weak=BN_U[0]), [BN_X]),  # clean and perturbed unlabeled passes: no update
-    'ict': (ict.ICT, dict(x=BN_X, u_weak=BN_U[0]), [BN_X, BN_U[0]]),  # a mix keeps the batch mean: one lambda per step
-    'pseudo_label': (pseudo_label.PseudoLabel, dict(x=BN_X, u_weak=BN_U[0]), [BN_X, BN_U[0]]),
-    'fully_supervised': (fully_supervised.FullySupervised, dict(x=BN_X), [BN_X]),
+
+
+def ict_mixed(u, step=2):
+    lam = losses.mixup_lambda(len(u), 0.5, losses.step_seed(0, step, ict.UNLABELED_STREAM)).numpy()[:, None]
+    return lam * u + (1 - lam) * u[::-1]
+
+
+BN_CASES = {  # algorithm, its batch, settings, the images of the one pass that updates the moving statistics
+    # the reference: separate passes, only the labeled one updates the moving statistics
+    'pi_model': (pi_model.PiModel, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), {}, [BN_X]),
+    'mean_teacher': (mean_teacher.MeanTeacher, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), {}, [BN_X]),
+    'vat': (vat.VAT, dict(x=BN_X, u_weak=BN_U[0]), {}, [BN_X]),  # clean and perturbed unlabeled passes: no update
+    'ict': (ict.ICT, dict(x=BN_X, u_weak=BN_U[0]), {}, [BN_X]),
+    'pseudo_label': (pseudo_label.PseudoLabel, dict(x=BN_X, u_weak=BN_U[0]), {}, [BN_X]),
+    'fully_supervised': (fully_supervised.FullySupervised, dict(x=BN_X), {}, [BN_X]),
+    # --joint_bn (departs from the reference): one pass over the student's views
+    'pi_model_joint': (pi_model.PiModel, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]), dict(joint_bn=True),
+                       [BN_X, *BN_U]),
+    'mean_teacher_joint': (mean_teacher.MeanTeacher, dict(x=BN_X, u_weak=BN_U[0], u_strong=BN_U[1]),
+                           dict(joint_bn=True), [BN_X, BN_U[1]]),
+    'ict_joint': (ict.ICT, dict(x=BN_X, u_weak=BN_U[0]), dict(joint_bn=True), [BN_X, ict_mixed(BN_U[0])]),
+    'pseudo_label_joint': (pseudo_label.PseudoLabel, dict(x=BN_X, u_weak=BN_U[0]), dict(joint_bn=True),
+                           [BN_X, BN_U[0]]),
 }
 
 
 @pytest.mark.parametrize('name', sorted(BN_CASES))
-def test_batch_norm_statistics_come_from_one_pass(name):
-    cls, images, updating = BN_CASES[name]
+def test_which_pass_updates_the_batch_norm_statistics(name):
+    cls, images, settings, updating = BN_CASES[name]
     model = bn_model()
-    settings = {} if cls is fully_supervised.FullySupervised else dict(warmup_kimg=0)
+    settings = dict(settings, **({} if cls is fully_supervised.FullySupervised else dict(warmup_kimg=0)))
     batch = dict({k: tf.constant(v) for k, v in images.items()}, label=tf.constant([0, 1]))
     loss, _ = cls(fake_trainer(cls, model, **settings)).loss(batch, 2)
     assert np.isfinite(value(loss))
+    # moving mean 0, momentum 0.5: after one update 0.5 * 0 + 0.5 * (mean of the updating pass's images)
     expected = 0.5 * 0 + 0.5 * np.concatenate(updating).mean(axis=0)
     np.testing.assert_allclose(model.get_layer('bn').moving_mean.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def bn_logits_by_hand(model, images):
+    """Logits of the bn_model in training mode on one batch: normalised by that batch's mean and
+    (biased) variance, epsilon 1e-3, gamma 1, beta 0."""
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer(index=1).get_weights())
+    normed = (images - images.mean(axis=0)) / np.sqrt(images.var(axis=0) + 1e-3)
+    return normed @ kernel + bias
+
+
+@pytest.mark.parametrize('joint', (False, True))
+def test_each_pass_is_normalised_by_its_own_batch(joint):
+    """Pi-model on the bn_model: the reference normalises x, a(u) and b(u) each by its own batch
+    statistics; --joint_bn by the statistics of all of them together."""
+    model = bn_model()
+    batch = dict(x=tf.constant(BN_X), u_weak=tf.constant(BN_U[0]), u_strong=tf.constant(BN_U[1]),
+                 label=tf.constant([0, 1]))
+    loss, logs = pi_model.PiModel(fake_trainer(pi_model.PiModel, model, wu=10., warmup_kimg=0,
+                                               joint_bn=joint)).loss(batch, 0)
+    parts = [BN_X, *BN_U]
+    if joint:
+        whole = bn_logits_by_hand(model, np.concatenate(parts).astype(np.float64))
+        logits = np.split(whole, [2, 5])
+    else:
+        logits = [bn_logits_by_hand(model, part.astype(np.float64)) for part in parts]
+    xe = nll(logits[0], [0, 1]).mean()
+    h = distance_by_hand('mse', softmax(logits[1]), logits[2]).mean()
+    assert value(logs['losses/xe']) == pytest.approx(xe, rel=1e-4)
+    assert value(logs['losses/xeu']) == pytest.approx(h, rel=1e-4)
+    assert value(loss) == pytest.approx(xe + 10 * h, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# VAT and ICT optimisation: Adam, then w <- w * (1 - lr * wd) on the kernels after the step.
+
+def adam_first_step(w, g, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+    """Adam's first update of w by hand: m = (1 - b1) g, v = (1 - b2) g^2,
+    w - lr sqrt(1 - b2) / (1 - b1) * m / (sqrt(v) + eps)."""
+    m, v = (1 - beta_1) * g, (1 - beta_2) * g * g
+    return w - lr * np.sqrt(1 - beta_2) / (1 - beta_1) * m / (np.sqrt(v) + epsilon)
+
+
+def test_adam_then_decoupled_weight_decay_by_hand():
+    kernel0, bias0 = np.array([[1., -2.], [0.5, 3.]]), np.array([0.25, -1.])
+    grads = np.array([[0.1, -0.2], [0.3, 0.0]]), np.array([1., -1.])
+
+    def one_step(lr, wd, grads):
+        settings = settings_lib.resolve(vat.VAT.all_params(), dict(lr=lr, wd=wd))
+        kernel, bias = keras.Variable(kernel0.astype(np.float32)), keras.Variable(bias0.astype(np.float32))
+        optimizer = state.make_optimizer(settings, lambda: lr, [kernel, bias], [kernel])
+        optimizer.apply_gradients(zip([tf.constant(g, tf.float32) for g in grads], [kernel, bias]))
+        return kernel.numpy(), bias.numpy()
+    # large lr and wd make the order visible: the reference decays AFTER the step, (w - update)(1 - lr wd);
+    # Keras's own AdamW decays before it, w (1 - lr wd) - update, 0.25 * update away here
+    kernel, bias = one_step(0.5, 0.5, grads)
+    after = adam_first_step(kernel0, grads[0], 0.5) * (1 - 0.5 * 0.5)
+    np.testing.assert_allclose(kernel, after, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(bias, adam_first_step(bias0, grads[1], 0.5), rtol=2e-5, atol=2e-5)  # biases: no decay
+    before = kernel0 * (1 - 0.5 * 0.5) - (kernel0 - adam_first_step(kernel0, grads[0], 0.5))
+    assert np.abs(kernel - before).max() > 0.05
+    # the VAT / ICT defaults, no gradient: kernel <- kernel * (1 - 0.002 * 0.02) exactly, biases unchanged
+    kernel, bias = one_step(0.002, 0.02, [np.zeros((2, 2)), np.zeros(2)])
+    np.testing.assert_allclose(kernel, (kernel0 * (1 - 0.002 * 0.02)).astype(np.float32), rtol=1e-7)
+    np.testing.assert_array_equal(bias, bias0.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
