@@ -8,16 +8,18 @@ Small local run on a CPU (Fashion-MNIST, 250 labels, 960 steps; about 7 minutes 
 cores, 72% EMA test accuracy at the end):
   python mixmatch.py --dataset=fashion_mnist.1@250-1 --local
 
-Loss, with K = --nu weak views u_1..u_K of each unlabeled image and p(.) = softmax(model(.)):
+Loss, with K = --nu views u_1..u_K of each unlabeled image (u_1 the W view of --augment=L.W.S,
+u_2..u_K the S view, as the reference's pair datasets) and p(.) = softmax(model(.)):
   guess     q = sharpen(mean_k p(u_k), T),  sharpen(p, T)_c = p_c^(1/T) / sum_j p_j^(1/T)
   batches   X = (x, onehot(y)) labeled,  U = ((u_k, q))_k unlabeled,  W = shuffle(X u U)
   MixUp     X'_i = mix(X_i, W_i),  U'_i = mix(U_i, W_{|X|+i}),
             mix((a, s), (b, r)) = (l a + (1-l) b, l s + (1-l) r),  l = max(l0, 1-l0),  l0 ~ Beta(beta, beta)
   L = mean_{X'} H(s', model(x')) + wu * r(t) * mean_{U'} d(q', model(u')),  r(t) = min(1, t / warmup)
 H is the soft cross-entropy; d is --consistency, by default mse: mean_c (q'_c - p_c(u'))^2 (mean over
-classes, as the reference code). The guess is a constant (no gradient); it comes from a forward
-pass in training mode (batch statistics of the guessed views) that leaves the batch-norm moving
-statistics alone. beta = 0.75 is the paper's value; the reference code used 0.5.
+classes, as the reference code). The guess is a constant (no gradient); as the reference it comes
+from one training-mode forward pass per view (each normalised by its own batch statistics) that
+leaves the batch-norm moving statistics alone (--joint_bn, departing from the reference: one pass
+over all K views). beta = 0.75 is the paper's value; the reference code used 0.5.
 
 Batch norm: the reference split the mixed batch into chunks and interleaved labeled and
 unlabeled images among them so that each chunk's batch-norm statistics cover both. Here every
@@ -46,38 +48,45 @@ from libml import debias  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least  # noqa: E402
 
 MIX_SALT = 1  # step_seed salt of the MixUp partners and lambdas
 
 
 class MixMatch(train.Algorithm):
     params = dict(
-        uratio=Param(1, 'Unlabeled images per labeled image in a step.'),
-        wu=Param(75.0, 'Weight of the unlabeled term after the ramp-up (0 = labeled term only).'),
-        warmup_kimg=Param(1024.0, 'The unlabeled weight ramps linearly from 0 to wu over this many kimg.', local=8.0),
-        nu=Param(2, 'K: weak views of each unlabeled image averaged into the label guess.'),
-        T=Param(0.5, 'Sharpening temperature of the label guess.'),
+        uratio=Param(1, 'Unlabeled images per labeled image in a step.', check=at_least(1)),
+        wu=Param(75.0, 'Weight of the unlabeled term after the ramp-up (0 = labeled term only).', check=at_least(0)),
+        warmup_kimg=Param(1024.0, 'The unlabeled weight ramps linearly from 0 to wu over this many kimg.', local=8.0,
+                          check=at_least(0)),
+        nu=Param(2, 'K: weak views of each unlabeled image averaged into the label guess.', check=at_least(1)),
+        T=Param(0.5, 'Sharpening temperature of the label guess.', check=above(0)),
         beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda) (paper 0.75, '
-                   'reference code 0.5).'),
+                   'reference code 0.5).', check=above(0)),
         consistency=Param('mse', 'Unlabeled term between the mixed guess and the prediction: mse or l1 (mean over '
                           'classes), kl KL(guess || p), jsd Jensen-Shannon.', choices=losses.CONSISTENCIES),
-        augment=views.augment_param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the K '
-                                      'unlabeled views (S is not used)'),
+        augment=views.augment_param('d.d.d', 'Augmentation L.W.S: L of the labeled images, W of the first of the '
+                                      'K unlabeled views, S of the others (the reference\'s CTA variant: ctap.d.ctap)'),
+        joint_bn=Param(False, 'Departs from the reference: guess the labels with ONE training-mode pass over all K '
+                       'views (their joint batch statistics) instead of one pass per view.'),
     )
     label_bias = debias.Support(unlabeled_term=True)  # the labeled term is on mixed images: no CAP
 
     def views(self):
-        labeled, weak, _ = views.parse_augment(self.settings.augment)
+        labeled, weak, strong = views.parse_augment(self.settings.augment)
         labeled_views = {keys.X: labeled}
+        codes = {k: weak if k == 0 else strong for k in range(self.settings.nu)}
         if self.settings.debiased:
-            labeled_views.update({f'x_weak{k}': weak for k in range(self.settings.nu)})
-        return labeled_views, {f'u_weak{k}': weak for k in range(self.settings.nu)}
+            labeled_views.update({f'x_weak{k}': code for k, code in codes.items()})
+        return labeled_views, {f'u_weak{k}': code for k, code in codes.items()}
 
     def guess_labels(self, views_u, views_x):
         """Sharpened mean softmax over the K views of the unlabeled (and labeled, if any) images.
-        One training-mode pass without moving-statistics updates; no gradient."""
-        logits = self.forward(*views_u, *views_x, update_bn=False)
+        Training-mode passes, one per view (--joint_bn: one for all), without moving-statistics
+        updates; no gradient."""
+        parts = [*views_u, *views_x]
+        logits = self.forward(*parts, update_bn=False) if self.settings.joint_bn else \
+            [self.forward(part, update_bn=False)[0] for part in parts]
         probs = [tf.stop_gradient(tf.nn.softmax(p)) for p in logits]
         guess_u = losses.guess_label(probs[:len(views_u)], self.settings.T)
         guess_x = losses.guess_label(probs[len(views_u):], self.settings.T) if views_x else None

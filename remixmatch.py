@@ -8,8 +8,11 @@ Small local run on a CPU (Fashion-MNIST, 250 labels, K = 2 under --local, 960 st
 on 2 shared CPU cores, 79% EMA test accuracy at the end):
   python remixmatch.py --dataset=fashion_mnist.1@250-1 --local
 
-Loss, with p(.) = softmax(model(.)), u_0 a weak view and u_1..u_K strong (CTAugment) views of each
-unlabeled image:
+Views as the reference's CTAugment pool (--augment=ctap.d.ctap): the labeled image x under a
+CTAugment policy without cutout, u_0 a weak view and u_1..u_K strong views (CTAugment policies
+without cutout) of each unlabeled image; CTAugment's probe is the weak labeled image under a random
+policy. Without CTAugment (the reference's remixmatch_no_cta.py): --augment=d.d.d, or RandAugment
+views such as --augment=d.d.ra. Loss, with p(.) = softmax(model(.)):
   alignment  q~ = normalize(p(u_0) * p_labeled / p_model),  p_labeled the labeled class distribution,
              p_model the mean of p(u_0) over the last 128 batches (this one included)
   guess      q = sharpen(q~, T)  (a constant: no gradient)
@@ -24,8 +27,8 @@ p_model batch means (initially uniform) are checkpointed. The guess pass runs in
 without updating the batch-norm moving statistics; the mixed images, the first strong views and
 the rotated images then go through ONE forward pass. Images must be square (for the rotations).
 
-Training setup (SGD, cosine lr, weight decay, EMA) is this code base's common one; the paper
-used Adam with a constant learning rate (closest here: --optimizer=adam --lr_schedule=constant).
+Training setup as the reference code: SGD with Nesterov momentum, cosine lr, L2 weight decay, EMA
+(the paper used Adam with a constant learning rate: --optimizer=adam --lr_schedule=constant).
 
 DeSSL (Schmutz et al., ICLR 2023), --debiased: each labeled image is also treated as unlabeled
 (guess from its labeled view x, K strong views) and every unlabeled term, computed on it, is
@@ -49,7 +52,7 @@ from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import models  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least  # noqa: E402
 
 ALIGNMENT_BATCHES = 128  # p_model averages the guess-pass predictions of this many last batches
 MIX_SALT, ROTATION_SALT = 1, 2  # step_seed salts
@@ -72,17 +75,19 @@ def rotate_quarter_turns(images, turns):
 
 class ReMixMatch(train.Algorithm):
     params = dict(
-        uratio=Param(1, 'Unlabeled images per labeled image in a step.'),
+        uratio=Param(1, 'Unlabeled images per labeled image in a step.', check=at_least(1)),
         K=Param(8, 'Strong (CTAugment) views of each unlabeled image, all anchored to the weak view\'s guess.',
-                local=2),
-        wu=Param(1.5, 'Weight lambda_U (w_match) of the mixed unlabeled term after the ramp-up.'),
-        w_kl=Param(0.5, 'Weight of the pre-MixUp cross-entropy of the first strong view against the guess.'),
-        w_rot=Param(0.5, 'Weight of the rotation-prediction loss.'),
-        warmup_kimg=Param(1024.0, 'wu and w_kl ramp linearly from 0 over this many kimg.', local=8.0),
-        T=Param(0.5, 'Sharpening temperature of the label guess.'),
-        beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda).'),
-        augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and K strong views '
-                                      '(the paper: CTAugment)'),
+                local=2, check=at_least(1)),
+        wu=Param(1.5, 'Weight lambda_U (w_match) of the mixed unlabeled term after the ramp-up.', check=at_least(0)),
+        w_kl=Param(0.5, 'Weight of the pre-MixUp cross-entropy of the first strong view against the guess.',
+                   check=at_least(0)),
+        w_rot=Param(0.5, 'Weight of the rotation-prediction loss.', check=at_least(0)),
+        warmup_kimg=Param(1024.0, 'wu and w_kl ramp linearly from 0 over this many kimg.', local=8.0,
+                          check=at_least(0)),
+        T=Param(0.5, 'Sharpening temperature of the label guess.', check=above(0)),
+        beta=Param(0.75, 'MixUp lambda ~ Beta(beta, beta), lambda\' = max(lambda, 1 - lambda).', check=above(0)),
+        augment=views.augment_param('ctap.d.ctap', 'Augmentation L.W.S of the labeled, weak and K strong views '
+                                      '(the reference: CTAugment without cutout on the labeled and strong views)'),
     )
     label_bias = debias.Support(unlabeled_term=True)  # the labeled term is on mixed images: no CAP
 

@@ -11,10 +11,12 @@ Loss, with p_w = softmax(model(weak(u))), q = softmax(model(weak(u)) / T) (both 
 gradient), tau = --confidence, H = cross-entropy:
   L = mean_l H(y, model(weak(x)))
     + wu * mean_u[ 1(max p_w >= tau) * KL(q || softmax(model(strong(u)))) ]
-    + we * mean_u entropy(softmax(model(strong(u))))
+    + we * mean_u entropy(softmax(model(weak(u))))
 The means over u run over all uratio * batch unlabeled images (masked ones count as 0); all views
-go through ONE forward pass. T sharpens the target (T < 1); the confidence mask uses the
-unsharpened p_w. Training-signal annealing (TSA) of the paper is not implemented.
+go through ONE forward pass (batch norm as the reference). T < 1 sharpens the target (the
+reference's default T = 1 leaves it as p_w); the confidence mask uses the unsharpened p_w. The
+entropy term is on the weak view, with its gradient, as the reference. Training-signal annealing
+(TSA, off by default in the reference) is not implemented.
 
 DeSSL (Schmutz et al., ICLR 2023), --debiased: the unlabeled terms are also computed on the labeled
 images (weak view = the labeled view x, plus a strong view) and subtracted:
@@ -34,7 +36,7 @@ from libml import debias  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least, in_range  # noqa: E402
 
 
 def uda_term(logits_weak, logits_strong, temperature, threshold):
@@ -48,11 +50,13 @@ def uda_term(logits_weak, logits_strong, temperature, threshold):
 
 class UDA(train.Algorithm):
     params = dict(
-        uratio=Param(7, 'Unlabeled images per labeled image in a step.'),
-        wu=Param(1.0, 'Weight of the consistency term (0 = labeled term only).'),
-        T=Param(0.4, 'Temperature of the target softmax(weak / T) (T < 1 sharpens).'),
-        confidence=Param(0.95, 'Only unlabeled images whose weak-view max softmax reaches this count.'),
-        we=Param(0.0, 'Weight of the entropy of the strong-view prediction (entropy minimisation).'),
+        uratio=Param(7, 'Unlabeled images per labeled image in a step.', check=at_least(1)),
+        wu=Param(1.0, 'Weight of the consistency term (0 = labeled term only).', check=at_least(0)),
+        T=Param(1.0, 'Temperature of the target softmax(weak / T) (T < 1 sharpens; the reference: 1, the UDA paper: '
+                '0.4).', check=above(0)),
+        confidence=Param(0.95, 'Only unlabeled images whose weak-view max softmax reaches this count.',
+                         check=in_range(0, 1, low_open=True)),
+        we=Param(0.0, 'Weight of the entropy of the weak-view prediction (entropy minimisation).', check=at_least(0)),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
     )
     label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
@@ -70,8 +74,8 @@ class UDA(train.Algorithm):
         labeled_too = self.bias.needs_labeled_term
         h_x = uda_term(logits[keys.X], logits[keys.X_STRONG], s.T, thresholds)[0] if labeled_too else None
         unlabeled, kl = self.bias.unlabeled(h_u, h_x, batch[keys.LABEL])
-        entropy = losses.dessl_mean(losses.entropy(logits[keys.U_STRONG]),
-                                    losses.entropy(logits[keys.X_STRONG]) if s.debiased else None)
+        entropy = losses.dessl_mean(losses.entropy(logits[keys.U_WEAK]),
+                                    losses.entropy(logits[keys.X]) if s.debiased else None)
         return xe + unlabeled + s.we * entropy, {keys.XE: xe, keys.XEU: kl, 'losses/entropy': entropy,
                                                  keys.MASK: tf.reduce_mean(mask)}
 

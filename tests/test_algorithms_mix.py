@@ -166,17 +166,26 @@ def test_mixmatch_loss_by_hand_with_one_forward_pass_of_all_mixed_images(kind):
     rng = np.random.default_rng(5)
     guess_logits = rng.normal(size=[4, 3]).astype(np.float32) * 2
     mixed_logits = rng.normal(size=[6, 3]).astype(np.float32)
-    model = FakeModel(guess_logits, mixed_logits)
+    model = FakeModel(guess_logits[:2], guess_logits[2:], mixed_logits)
     algorithm = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, model, wu=75.0, warmup_kimg=0.0, consistency=kind))
     loss, logs = algorithm.loss({k: v for k, v in MIXMATCH_BATCH.items() if not k.startswith('x_')}, tf.constant(7))
     expected, xe, mixed_images = mixmatch_by_hand(guess_logits, mixed_logits, 7, 75.0, False, kind)
     assert float(logs['losses/xe']) == pytest.approx(xe, rel=1e-5)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
-    # The guess: one training-mode pass that leaves batch norm alone; then ONE pass of all 6 mixed images.
-    (guess_kind, guess_images, guess_training), (mixed_kind, images_seen, mixed_training) = model.calls
-    assert (guess_kind, guess_training, len(guess_images)) == ('stateless', True, 4)
+    # The guess, as the reference: one training-mode pass per weak view, leaving batch norm alone; then ONE
+    # pass of all 6 mixed images.
+    (kind0, images0, training0), (kind1, images1, training1), (mixed_kind, images_seen, mixed_training) = model.calls
+    assert (kind0, training0, kind1, training1) == ('stateless', True, 'stateless', True)
+    np.testing.assert_array_equal(images0, MIXMATCH_BATCH['u_weak0'])
+    np.testing.assert_array_equal(images1, MIXMATCH_BATCH['u_weak1'])
     assert (mixed_kind, mixed_training) == ('call', True)
     np.testing.assert_allclose(images_seen, mixed_images, rtol=1e-5, atol=1e-6)
+    joint = FakeModel(guess_logits, mixed_logits)  # --joint_bn: one guess pass over both views
+    joint_loss, _ = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, joint, wu=75.0, warmup_kimg=0.0, consistency=kind,
+                                                   joint_bn=True)).loss(
+        {k: v for k, v in MIXMATCH_BATCH.items() if not k.startswith('x_')}, tf.constant(7))
+    assert float(joint_loss) == pytest.approx(expected, rel=1e-5)
+    assert [(c[0], len(c[1])) for c in joint.calls] == [('stateless', 4), ('call', 6)]
 
 
 def test_mixmatch_weight_ramps_up_linearly():
@@ -184,8 +193,8 @@ def test_mixmatch_weight_ramps_up_linearly():
     guess_logits, mixed_logits = rng.normal(size=[4, 3]).astype(np.float32), rng.normal(size=[6, 3]).astype(np.float32)
     batch = {k: v for k, v in MIXMATCH_BATCH.items() if not k.startswith('x_')}
     # warmup 0.625 kimg = 10 steps of 64: weight 75 * 4/10 at step 4
-    algorithm = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, FakeModel(guess_logits, mixed_logits),
-                                               wu=75.0, warmup_kimg=0.625))
+    algorithm = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, FakeModel(guess_logits[:2], guess_logits[2:],
+                                                                            mixed_logits), wu=75.0, warmup_kimg=0.625))
     loss, logs = algorithm.loss(batch, 4)
     assert float(logs['monitors/wu']) == pytest.approx(30.0)
     assert float(loss) == pytest.approx(mixmatch_by_hand(guess_logits, mixed_logits, 4, 30.0, False)[0], rel=1e-5)
@@ -213,17 +222,21 @@ def test_debiased_mixmatch_by_hand_and_complete_case():
     rng = np.random.default_rng(7)
     guess_logits = rng.normal(size=[8, 3]).astype(np.float32) * 2  # u views 0, 1 then x views 0, 1
     mixed_logits = rng.normal(size=[10, 3]).astype(np.float32)
-    algorithm = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, FakeModel(guess_logits, mixed_logits),
+    guess_passes = [guess_logits[i:i + 2] for i in range(0, 8, 2)]  # one pass per view: u0, u1, x0, x1
+    algorithm = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, FakeModel(*guess_passes, mixed_logits),
                                                wu=2.0, warmup_kimg=0.0, debiased=True))
     loss, _ = algorithm.loss(MIXMATCH_BATCH, 2)
     expected, xe, _ = mixmatch_by_hand(guess_logits, mixed_logits, 2, 2.0, True)
     assert float(loss) == pytest.approx(expected, rel=1e-5) and expected != pytest.approx(xe, rel=1e-3)
-    complete = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, FakeModel(guess_logits, mixed_logits),
+    complete = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, FakeModel(*guess_passes, mixed_logits),
                                               wu=0.0, warmup_kimg=0.0, debiased=True)).loss(MIXMATCH_BATCH, 2)[0]
     assert float(complete) == pytest.approx(xe, rel=1e-5)
     views = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, None, debiased=True, nu=3)).views()
     assert views == ({'x': 'd', 'x_weak0': 'd', 'x_weak1': 'd', 'x_weak2': 'd'},
                      {'u_weak0': 'd', 'u_weak1': 'd', 'u_weak2': 'd'})
+    # the reference's pair datasets: the first view gets W, the others S (its CTA variant: --augment=ctap.d.ctap)
+    views = mixmatch.MixMatch(fake_trainer(mixmatch.MixMatch, None, nu=3, augment='ctap.d.ctap')).views()
+    assert views == ({'x': 'ctap'}, {'u_weak0': 'd', 'u_weak1': 'ctap', 'u_weak2': 'ctap'})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,8 +350,9 @@ def test_debiased_remixmatch_by_hand_and_complete_case(monkeypatch):
                                           wu=0.0, w_kl=0.0, w_rot=0.0)
     assert float(complete.loss(REMIXMATCH_BATCH, 4)[0]) == pytest.approx(xe, rel=1e-5)
     views = remixmatch.ReMixMatch(fake_trainer(remixmatch.ReMixMatch, None, debiased=True, K=2)).views()
-    assert views == ({'x': 'd', 'x_strong0': 'cta', 'x_strong1': 'cta'},
-                     {'u_weak': 'd', 'u_strong0': 'cta', 'u_strong1': 'cta'})
+    # the reference's CTA pool: labeled and strong views under a CTAugment policy without cutout
+    assert views == ({'x': 'ctap', 'x_strong0': 'ctap', 'x_strong1': 'ctap'},
+                     {'u_weak': 'd', 'u_strong0': 'ctap', 'u_strong1': 'ctap'})
 
 
 def test_remixmatch_state_is_checkpointable(monkeypatch):
@@ -351,7 +365,7 @@ def test_remixmatch_state_is_checkpointable(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # UDA.
 
-def uda_by_hand(weak, strong, temperature=0.4, threshold=0.95):
+def uda_by_hand(weak, strong, temperature=1.0, threshold=0.95):
     """Per sample mask * KL(softmax(weak / T) || softmax(strong)), and the mask."""
     mask = (softmax(weak).max(axis=1) >= threshold).astype(np.float64)
     target = softmax(weak / temperature)
@@ -365,11 +379,12 @@ def entropy(logits):
 def test_uda_loss_by_hand():
     labeled = np.array([[2., 0., 0.], [0., 1., 0.]])
     weak = np.array([[6., 0., 0.],    # confidence e^6 / (e^6 + 2) = 0.995: counted
-                     [2.5, 0., 0.],   # confidence 0.859: masked (softmax(weak / T) would reach 0.996)
+                     [2.5, 0., 0.],   # confidence 0.859: masked (softmax(weak / 0.4) would reach 0.996)
                      [0., 0., 4.]])   # confidence e^4 / (e^4 + 2) = 0.965: counted
     strong = np.array([[0., 1., 0.], [3., 3., 3.], [1., 1., 2.]])
     logits = tf.constant(np.concatenate([labeled, weak, strong]), tf.float32)
     algorithm = uda.UDA(fake_trainer(uda.UDA, FakeModel(logits), wu=2.0, we=0.3))
+    assert algorithm.settings.T == 1.0  # the reference's default temperature
     batch = dict(x=images(2, 20), label=np.array([0, 2]), u_weak=images(3, 21), u_strong=images(3, 22))
     loss, logs = algorithm.loss(batch, 0)
     xe = (-log_softmax(labeled[0])[0] - log_softmax(labeled[1])[2]) / 2
@@ -377,8 +392,11 @@ def test_uda_loss_by_hand():
     assert list(mask) == [1, 0, 1] and h[0] > 0 and h[2] > 0
     assert float(logs['monitors/mask']) == pytest.approx(2 / 3)
     assert float(logs['losses/xeu']) == pytest.approx(h.mean(), rel=1e-5)
-    assert float(loss) == pytest.approx(xe + 2.0 * h.mean() + 0.3 * entropy(strong).mean(), rel=1e-5)
+    # the entropy term is on the weak view, as the reference
+    assert float(loss) == pytest.approx(xe + 2.0 * h.mean() + 0.3 * entropy(weak).mean(), rel=1e-5)
     assert len(algorithm.trainer.model.calls) == 1  # x, weak and strong views in one pass
+    sharp, _ = uda.UDA(fake_trainer(uda.UDA, FakeModel(logits), wu=2.0, T=0.4)).loss(batch, 0)  # the UDA paper's T
+    assert float(sharp) == pytest.approx(xe + 2.0 * uda_by_hand(weak, strong, 0.4)[0].mean(), rel=1e-5)
 
 
 def test_debiased_uda_by_hand_and_complete_case():
@@ -393,7 +411,7 @@ def test_debiased_uda_by_hand_and_complete_case():
     h_u, h_l = uda_by_hand(weak, strong)[0], uda_by_hand(labeled, labeled_strong)[0]
     assert h_l[0] > 0  # the pseudo-target comes from the model, not the label
     loss, _ = uda.UDA(fake_trainer(uda.UDA, FakeModel(logits), wu=0.5, we=0.1, debiased=True)).loss(batch, 0)
-    entropy_term = entropy(strong).mean() - entropy(labeled_strong).mean()
+    entropy_term = entropy(weak).mean() - entropy(labeled).mean()
     assert float(loss) == pytest.approx(xe + 0.5 * (h_u.mean() - h_l.mean()) + 0.1 * entropy_term, rel=1e-5)
     complete, _ = uda.UDA(fake_trainer(uda.UDA, FakeModel(logits), wu=0.0, debiased=True)).loss(batch, 0)
     assert float(complete) == pytest.approx(xe, rel=1e-5)
