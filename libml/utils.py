@@ -1,17 +1,25 @@
-"""Small shared helpers: data root, user-facing errors, atomic file writes, downloads.
+"""Small shared helpers: data root, user-facing errors, atomic file writes, downloads, console output.
 
 Everything that writes a file the user keeps goes through `atomic_write`: the data is
 written under a temporary name in the same folder and renamed over the target only
-once complete, so a killed process never leaves a half-written file behind.
+once complete, so a killed process never leaves a half-written file behind. Written
+files get the permissions of the user's umask, like any file the user creates.
+
+Console: `quiet_tensorflow` (before importing tensorflow) drops TensorFlow's known
+start-up lines; `use_short_logs` (done by `run`) gives log lines a short `HH:MM:SS`
+prefix and prints them above an active progress bar (`progress`).
 """
 import contextlib
 import hashlib
 import json
 import logging as python_logging
+import math
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 import urllib.request
 
 from absl import app
@@ -41,20 +49,46 @@ def shell_path(path):
 
 
 def script(name):
-    """How to call scripts/<name> from the current folder."""
-    return 'python ' + shell_path(os.path.join(project_root(), 'scripts', name))
+    """How to call scripts/<name> from the current folder; its console command when installed with pip."""
+    path = os.path.join(project_root(), 'scripts', name)
+    if os.path.isfile(path):
+        return 'python ' + shell_path(path)
+    return 'fixmatch-' + os.path.splitext(name)[0].replace('_', '-')
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux, so no thread ever sees it changed)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permission bits of a new regular file: 0o666 minus the umask (0o644 under the usual 022)."""
+    return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
 def atomic_write(path):
     """Yields a temporary path beside `path`; renames it to `path` if the block succeeds.
 
+    The temporary file exists (empty) with the permissions of the umask (mkstemp's own are 0600).
     On any exception the temporary file is removed and `path` is left untouched.
     """
     folder = os.path.dirname(os.path.abspath(path)) or '.'
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -70,6 +104,20 @@ def write_json(path, obj):
         with open(tmp, 'w') as f:
             json.dump(obj, f, indent=1, sort_keys=True)
             f.write('\n')
+
+
+def round_floats(obj, digits: int = 4):
+    """`obj` with every float rounded to `digits` decimals, in nested dicts, lists and tuples (tuples become
+    lists, as in JSON); ints, bools, strings and None are unchanged; NaN and infinities are kept."""
+    if isinstance(obj, float):
+        return round(obj, digits) if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    if hasattr(obj, 'dtype') and hasattr(obj, 'tolist'):  # numpy scalars and arrays
+        return round_floats(obj.tolist(), digits)
+    return obj
 
 
 def read_json(path, what='file'):
@@ -116,19 +164,88 @@ def download(url, path, md5=None):
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar on stderr (hidden when stderr is not a terminal and TQDM_DISABLE is set)."""
-    from tqdm import tqdm
+    """A tqdm progress bar: a widget in Jupyter (tqdm.auto), else a text bar on stderr. TQDM_DISABLE=1 hides it."""
+    from tqdm.auto import tqdm
     kwargs.setdefault('dynamic_ncols', True)
     kwargs.setdefault('leave', False)
     return tqdm(iterable, **kwargs)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Quiet TensorFlow start-up.
+
+GLOG_PREFIX = r'[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.\-/]+:\d+\] '
+# TensorFlow's known start-up lines, each a full-line pattern; everything else written meanwhile is shown.
+STARTUP_LINES = tuple(re.compile(pattern) for pattern in (
+    r'WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR',
+    GLOG_PREFIX + r'Could not find cuda drivers on your machine, GPU will not be used\.',
+    GLOG_PREFIX + r'This TensorFlow binary is optimized to use available CPU instructions in performance-critical '
+                  r'operations\.',
+    r'To enable the following instructions: [\w .,]+, in other operations, rebuild TensorFlow with the appropriate '
+    r'compiler flags\.',
+    GLOG_PREFIX + r'oneDNN custom operations are on\. You may see slightly different numerical results due to '
+                  r'floating-point round-off errors from different computation orders\. To turn them off, set the '
+                  r'environment variable `TF_ENABLE_ONEDNN_OPTS=0`\.',
+    GLOG_PREFIX + r'failed call to cuInit: .*\(303\)',  # CUDA_ERROR_UNKNOWN: no usable GPU, TensorFlow uses the CPU
+    GLOG_PREFIX + r'Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for plugin cu\w+ when '
+                  r'one has already been registered',
+    GLOG_PREFIX + r'TF-TRT Warning: Could not find TensorRT',
+    GLOG_PREFIX + r'computation placer already registered\. Please check linkage and avoid linking the same target '
+                  r'more than once\.',
+))
+
+
+def is_startup_line(line: str) -> bool:
+    """Whether `line` (without its newline) is one of TensorFlow's known, harmless start-up lines."""
+    return any(pattern.fullmatch(line) for pattern in STARTUP_LINES)
+
+
+@contextlib.contextmanager
+def filtered_stderr(drop=is_startup_line):
+    """Captures file descriptor 2 (C++ and Python writes alike) during the block, then writes back every
+    line for which `drop(line)` is false, in order. Used around TensorFlow's import and device set-up."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    capture = tempfile.TemporaryFile()
+    os.dup2(capture.fileno(), 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode('utf-8', 'replace')
+        capture.close()
+        kept = [line for line in text.splitlines(keepends=True) if not drop(line.rstrip('\r\n'))]
+        if kept:
+            sys.stderr.write(''.join(kept))
+            sys.stderr.flush()
+
+
 def quiet_tensorflow():
-    """Silences TensorFlow's C++ start-up chatter and its Python INFO lines (e.g. one per checkpoint
-    save, some through absl's logger); call before importing tensorflow. Warnings and errors show."""
+    """Imports TensorFlow and finds its devices with its known start-up lines dropped (`STARTUP_LINES`:
+    the absl pre-init notice, CPU-instruction and oneDNN notices, 'no CUDA driver' and cuInit 303 on a
+    machine without GPU); every other line, real errors included, is shown. Sets TF_CPP_MIN_LOG_LEVEL=2
+    unless set (C++ INFO and WARNING lines off later on) and drops TensorFlow's Python INFO lines (e.g. one
+    per checkpoint save, some through absl's logger). Call before importing tensorflow; runs once."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
-    logging.get_absl_logger().addFilter(_not_tensorflow_info)
+    absl_logger = logging.get_absl_logger()
+    if _not_tensorflow_info not in absl_logger.filters:
+        absl_logger.addFilter(_not_tensorflow_info)
+    if 'tensorflow' in sys.modules:
+        return
+    with filtered_stderr():
+        try:
+            import tensorflow as tf
+        except ModuleNotFoundError as e:
+            if e.name != 'tensorflow':
+                raise
+            raise SystemExit(f'error: TensorFlow is not installed for {sys.executable}; install the requirements '
+                             f'with scripts/setup.sh (or pip install -r requirements.txt)') from None
+        tf.config.list_physical_devices()  # CUDA initialisation: prints the cuInit line
 
 
 def _not_tensorflow_info(record):
@@ -136,21 +253,94 @@ def _not_tensorflow_info(record):
     return record.levelno >= python_logging.WARNING or f'{os.sep}tensorflow{os.sep}' not in record.pathname
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Short log lines printed above the progress bar.
+
+class ShortFormatter(python_logging.Formatter):
+    """`HH:MM:SS message`; `HH:MM:SS warning: message` (error:, fatal:) from WARNING on."""
+
+    def format(self, record):
+        text = record.getMessage()
+        if record.exc_info:
+            text += '\n' + self.formatException(record.exc_info)
+        level = '' if record.levelno < python_logging.WARNING else {
+            python_logging.WARNING: 'warning: ', python_logging.ERROR: 'error: '}.get(record.levelno, 'fatal: ')
+        return f'{time.strftime("%H:%M:%S", time.localtime(record.created))} {level}{text}'
+
+
+class ProgressBarHandler(python_logging.Handler):
+    """Logging handler printing each line with tqdm.write to stderr: above an active progress bar, not into it."""
+
+    def emit(self, record):
+        try:
+            from tqdm.auto import tqdm
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 (logging must never raise)
+            self.handleError(record)
+
+
+def use_short_logs(level=None):
+    """Routes absl and Python logging to one `ProgressBarHandler` with `ShortFormatter` on the root logger,
+    in place of absl's handler (and its long `I1201 09:29:10.123456 123 file.py:12]` prefix). Idempotent.
+    `level` also sets the absl logger's level, for use outside app.run (a notebook): Python's logging.INFO
+    or absl's logging.INFO (absl's levels 1..-3 are converted)."""
+    root = python_logging.getLogger()
+    absl_handler = logging.get_absl_handler()
+    root.removeHandler(absl_handler)
+    if _absl_handler_off not in absl_handler.filters:  # should app.run add it back later
+        absl_handler.addFilter(_absl_handler_off)
+    if not any(isinstance(h, ProgressBarHandler) for h in root.handlers):
+        handler = ProgressBarHandler()
+        handler.setFormatter(ShortFormatter())
+        root.addHandler(handler)
+    if level is not None:
+        logging.get_absl_logger().setLevel(logging.converter.absl_to_standard(level) if level < 10 else level)
+
+
+def _absl_handler_off(record):
+    return False
+
+
 def run(main):
-    """absl's app.run, with UserError printed as one `error: ...` line and exit status 2."""
+    """absl's app.run, with short log lines (`use_short_logs`) and UserError printed as one `error: ...` line and
+    exit status 2: above any progress bar, without TensorFlow's op text and without traceback; --debug (or
+    FIXMATCH_DEBUG=1) prints the traceback too."""
+    if 'debug' not in flags.FLAGS:
+        flags.DEFINE_bool('debug', False, 'On an error, also print its Python traceback (same as FIXMATCH_DEBUG=1).')
+
+    def report(error):
+        try:
+            from tqdm import tqdm
+            for bar in list(getattr(tqdm, '_instances', ())):  # a bar left on the line would prefix the message
+                bar.close()
+        except Exception:  # noqa: BLE001 (the message matters more than the bar)
+            pass
+        if os.environ.get('FIXMATCH_DEBUG', '') not in ('', '0') or (flags.FLAGS.is_parsed() and flags.FLAGS.debug):
+            import traceback
+            traceback.print_exception(error)
+        print(f'error: {one_line(error)}', file=sys.stderr)
+        sys.exit(2)
+
     def wrapped(argv):
+        use_short_logs()
         try:
             return main(argv)
         except UserError as e:
-            print(f'error: {e}', file=sys.stderr)
-            sys.exit(2)
+            report(e)
+
     def parse_flags(argv):
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:
-            print(f'error: {e}', file=sys.stderr)
-            sys.exit(2)
+            report(e)
     app.run(wrapped, flags_parser=parse_flags)
+
+
+def one_line(error) -> str:
+    """The message of an error on one line, without TensorFlow's '{{function_node ...}}' and '[Op:...]' text."""
+    text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', str(error))
+    text = re.sub(r'\s*\[Op:[^\]]*\]( name: [^\s;)]*)?', '', text)
+    return '; '.join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def remove_tree(path):

@@ -8,7 +8,8 @@ writes them as JSON.
 Metrics (percent unless stated): accuracy, balanced_accuracy (mean per-class accuracy),
 worst_class_accuracy, gm_accuracy (geometric mean of per-class accuracies, CADR), cross_entropy
 (nats), ece (expected calibration error, 15 bins), per_class, confusion (rows = true class).
-Written to RUN_DIR/stats/evaluation_<dataset>.json.
+Written to RUN_DIR/stats/evaluation_<dataset>.json, floats rounded to 4 decimals, with the checkpoint
+file evaluated (`checkpoint`), its training step (`step`) and thousands of labeled images (`kimg`).
 """
 import os
 import sys
@@ -23,7 +24,7 @@ from absl import flags  # noqa: E402
 
 from libml import data  # noqa: E402
 from libml import metrics  # noqa: E402
-from libml import train  # noqa: E402
+from libml import state  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -35,9 +36,31 @@ def define_flags():
     flags.DEFINE_integer('batch', 500, 'Images per evaluation batch.')
 
 
+DIGITS = 4  # decimals of the floats written
+
+
+def checkpoint_step(path):
+    """Training step stored in checkpoint `path` (the `step` variable), or None when it has none."""
+    reader = tf.train.load_checkpoint(path)
+    key = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+    return int(reader.get_tensor(key)) if reader.has_tensor(key) else None
+
+
+def load_model(run_dir):
+    """(settings, DatasetInfo, EMA model, checkpoint path) of the run's newest checkpoint, read again when a
+    running training saved a newer one meanwhile."""
+    for _ in range(3):
+        before = tf.train.latest_checkpoint(os.path.join(run_dir, 'tf'))
+        saved, info, model = state.load_ema_model(run_dir)
+        if tf.train.latest_checkpoint(os.path.join(run_dir, 'tf')) == before:
+            break
+    return saved, info, model, before
+
+
 def evaluate(run_dir, dataset=None, batch=500):
-    """Metrics dict of the run's EMA model on the test set of `dataset` (default: the run's)."""
-    saved, info, model = train.load_ema_model(run_dir)
+    """Metrics dict of the run's EMA model on the test set of `dataset` (default: the run's), with the
+    checkpoint file (`checkpoint`), its step and kimg."""
+    saved, info, model, checkpoint = load_model(run_dir)
     dataset = dataset or saved['dataset']
     test_info, test = data.load_test_set(dataset)
     if test_info.nclass != info.nclass or tuple(test_info.shape) != tuple(info.shape):
@@ -47,7 +70,10 @@ def evaluate(run_dir, dataset=None, batch=500):
     images = tf.data.Dataset.from_tensor_slices(test.images).batch(batch)
     logits = np.concatenate([predict(data.to_unit_range(tf.cast(x, tf.float32) / 255)).numpy() for x in images])
     result = metrics.classification_metrics(logits, test.labels, info.nclass)
-    result.update(dataset=dataset, images=int(len(test)))
+    step = checkpoint_step(checkpoint)
+    kimg = None if step is None else step * saved['batch'] / 1024
+    result.update(dataset=dataset, images=int(len(test)), checkpoint=os.path.abspath(checkpoint), step=step,
+                  kimg=kimg)
     return result
 
 
@@ -55,11 +81,14 @@ def main(argv):
     if len(argv) > 1 or not FLAGS.run_dir:
         raise utils.UserError('usage: evaluate.py --run_dir=RUN_DIR [--dataset=NAME]')
     result = evaluate(FLAGS.run_dir, FLAGS.dataset, FLAGS.batch)
+    where = '' if result['step'] is None else f' (step {result["step"]}, kimg {result["kimg"]:g})'
+    print(f'checkpoint {utils.shell_path(result["checkpoint"])}{where} on the {result["images"]} test images of '
+          f'{result["dataset"]}')
     for name in ('accuracy', 'balanced_accuracy', 'worst_class_accuracy', 'gm_accuracy', 'cross_entropy', 'ece'):
         print(f'{name:22s} {result[name]:8.3f}')
     print('per_class              ' + ' '.join('-' if a is None else f'{a:.1f}' for a in result['per_class']))
     path = os.path.join(FLAGS.run_dir, 'stats', f'evaluation_{result["dataset"]}.json')
-    utils.write_json(path, result)
+    utils.write_json(path, utils.round_floats(result, DIGITS))
     print(f'wrote {path}')
 
 

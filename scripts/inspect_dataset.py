@@ -10,9 +10,11 @@
 
 For each part inspected, a table of class index, class name (when known), count and percent
 of the part's images; label -1 is counted on its own row as "unlabeled". The grid shows the
-first part (train, the labeled split, or the file): one row per class holding its first
---per_class images in file order, padded with gray, plus a last row of unlabeled images when
-the part has any. Missing split files are not created here: the error says how to make them.
+first part (train, the labeled split, or the file): one row per class, labelled with the class
+name, holding its first --per_class images in file order, padded with gray, plus a last row of
+unlabeled images when the part has any. It is written to $ML_DATA/inspect/<name>_samples.png
+(or --out), never to the current folder. Missing split files are not created here: the error
+says how to make them.
 """
 import os
 import sys
@@ -26,6 +28,8 @@ import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
 from libml import data  # noqa: E402
+from libml import figures  # noqa: E402
+from libml import targets  # noqa: E402
 from libml import records  # noqa: E402
 from libml import registry  # noqa: E402
 from libml import splits  # noqa: E402
@@ -36,7 +40,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Called only when run as a script, so that tests can import this module next to other scripts."""
-    flags.DEFINE_string('out', None, 'PNG file of the sample grid; default <name>_samples.png in the current folder.')
+    flags.DEFINE_string('out', None, 'PNG file of the sample grid; default $ML_DATA/inspect/<name>_samples.png.')
     flags.DEFINE_integer('per_class', 8, 'Images shown per class (row) in the grid.')
 
 
@@ -90,6 +94,17 @@ def sample_grid(images, labels, nclass, per_class):
     tiles = tf.where(tf.constant(index < 0)[:, :, None, None, None], tf.constant(GRAY, tf.uint8), tiles)
     rows, columns, height, width, channels = tiles.shape
     return tf.reshape(tf.transpose(tiles, [0, 2, 1, 3, 4]), [rows * height, columns * width, channels]).numpy()
+
+
+def row_names(labels, nclass, class_names=None):
+    """Labels of the grid rows of `sample_grid`: '<k> <class name>' ('<k>' for unnamed classes), plus 'unlabeled'."""
+    names = [f'{k} {class_names[k]}' if class_names and class_names[k] != str(k) else str(k) for k in range(nclass)]
+    return names + (['unlabeled'] if np.any(np.asarray(labels) == -1) else [])
+
+
+def default_out(title, root=None):
+    """$ML_DATA/inspect/<title>_samples.png."""
+    return os.path.join(root or utils.ml_data(), 'inspect', f'{os.path.basename(title)}_samples.png')
 
 
 def write_png(path, grid):
@@ -174,20 +189,20 @@ def inspect(target, per_class, root=None):
     if target.endswith('.tfrecord') or os.path.isfile(target):
         title = os.path.basename(target)[:-len('.tfrecord')] if target.endswith('.tfrecord') else target
         return inspect_files(title, [('file', target)], info_for_file(target), per_class)
-    if data.NAME_RE.match(target):
+    if targets.NAME_RE.match(target):
         return inspect_training(target)
     if os.path.exists(records.DatasetInfo.path(target, root)):
         info = records.DatasetInfo.load(target, root)
         parts = sorted(info.sizes or ['train', 'test'], key=lambda part: (part != 'train', part))
         return inspect_files(target, [(part, records.record_path(target, part, root)) for part in parts],
                              info, per_class)
-    unlabeled_path = splits.unlabeled_paths(os.path.join(data.ssl2(root), target))[0]
+    unlabeled_path = splits.unlabeled_paths(os.path.join(targets.ssl2(root), target))[0]
     if os.path.exists(unlabeled_path):
         return inspect_files(target, [('unlabeled', unlabeled_path)], info_for_file(unlabeled_path), per_class)
     if target in registry.BUILTIN:
         raise utils.UserError(f'{target} is not converted yet; create it with: '
                               f'{utils.script("create_datasets.py")} --datasets={target}')
-    raise utils.UserError(f'unknown dataset {target!r}; known: {", ".join(data.known_targets(root))}; or give a '
+    raise utils.UserError(f'unknown dataset {target!r}; known: {", ".join(targets.known_targets(root))}; or give a '
                           f'training name such as fashion_mnist.1@40-1, or a .tfrecord file')
 
 
@@ -201,11 +216,15 @@ def main(argv):
         print(f'{found["title"]} {part}: {len(labels)} images')
         print('\n'.join(count_table(labels, found['nclass'], found['class_names'])))
         print()
-    grid = sample_grid(*found['samples'], found['nclass'], FLAGS.per_class)
-    out = FLAGS.out or f'{found["title"]}_samples.png'
-    write_png(out, grid)
-    print(f'wrote {out}: {grid.shape[0] // found["samples"][0].shape[1]} rows of {FLAGS.per_class} images, '
-          f'{grid.shape[1]}x{grid.shape[0]} pixels')
+    images, labels = found['samples']
+    grid = sample_grid(images, labels, found['nclass'], FLAGS.per_class)
+    names = row_names(labels, found['nclass'], found['class_names'])
+    figure = figures.labelled_grid(grid, names, images.shape[1], f'{found["title"]}: first {FLAGS.per_class} '
+                                   f'per class')[0]
+    out = FLAGS.out or default_out(found['title'])
+    write_png(out, figure)
+    print(f'wrote {utils.shell_path(out)}: {len(names)} rows of {FLAGS.per_class} images, '
+          f'{figure.shape[1]}x{figure.shape[0]} pixels')
 
 
 if __name__ == '__main__':

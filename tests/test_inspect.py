@@ -104,6 +104,14 @@ def test_bad_labels_and_training_names():
     assert inspect_dataset.sample_grid(*found['samples'], 4, 2).shape == (16, 8, 1)
 
 
+def test_row_names():
+    assert inspect_dataset.row_names([0, 1, 2], 3, ['T-shirt/top', 'Trouser', 'Pullover']) == [
+        '0 T-shirt/top', '1 Trouser', '2 Pullover']
+    assert inspect_dataset.row_names([0, -1], 2, ['0', '1']) == ['0', '1', 'unlabeled']
+    assert inspect_dataset.row_names([0, 1], 2) == ['0', '1']
+    assert inspect_dataset.default_out('fashion_mnist.1@40-1', '/data') == '/data/inspect/fashion_mnist.1@40-1_samples.png'
+
+
 def run_script(*args, cwd):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, cwd=cwd)
@@ -115,9 +123,15 @@ def test_command_line(tmp_path):
     assert done.returncode == 0, done.stderr
     assert 'idx train' in done.stdout and 'idx test' in done.stdout
     assert any(line.split() == ['2', '2', '8', '47.06%'] for line in done.stdout.splitlines())
-    grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'idx_samples.png'))).numpy()
-    assert grid.shape == (4 * 4, 3 * 4, 1)
-    assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith('.png')]  # nothing in the current folder
+    out = os.path.join(utils.ml_data(), 'inspect', 'idx_samples.png')
+    assert os.path.join('inspect', 'idx_samples.png: 4 rows of 3 images') in done.stdout
+    figure = tf.io.decode_png(tf.io.read_file(out)).numpy()
+    assert figure.shape[2] == 3 and figure.shape[0] > 4 * 4 * 6 and figure.shape[1] > 3 * 4 * 6  # labelled, enlarged
+    assert not [f for f in os.listdir(os.path.dirname(out)) if f.endswith('.tmp')]
+    done = run_script('--per_class=3', f'--out={tmp_path / "mine.png"}', 'idx', cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(tf.io.decode_png(tf.io.read_file(str(tmp_path / 'mine.png'))).numpy(), figure)
 
     failed = run_script('nosuch', cwd=tmp_path)
     assert failed.returncode == 2
