@@ -31,6 +31,21 @@ probability that an image of class k is labeled, w_i = (1/q_y_i) / mean_batch(1/
   python fixmatch.py --dataset=cifar10_LT_20.1@20-1 --CAP --CAI --CADR --train_kimg=8192
 --mnar_estimate=moment (Sportisse et al., ICML 2023) trains on the debiased risk
   (n_l/n) mean_l[H/phi_y] + wu (mean_u H - n_l/(n - n_l) mean_l[H (1 - phi_y)/phi_y]),  phi = q.
+
+The ablations of the reference's ablation/ folder (ab_fixmatch_*.py), as flags:
+  --sharpen=mask --T=t     hard label, mask on max softmax(weak / t) >= tau (ab_fixmatch_sharpen)
+  --sharpen=target --T=t   soft target softmax(weak / t), mask on max p_w >= tau (a tau <= 1/K such
+                           as --confidence=1e-6: no mask) (ab_fixmatch_sharpen_conditional_consistency)
+  --teacher=ema            pseudo-labels from the EMA weights in inference mode; the weak views leave
+                           the trained model's pass (ab_fixmatch_meanteacher); --teacher=ema_train:
+                           the EMA weights in training mode on the weak batch (..._meanteacher_train)
+  --nstrong=K              K strong views per image, each trained on the weak view's pseudo-label
+                           (augmentation anchoring; the term averages over the K views)
+  --augment=d.cta.cta      pseudo-labels from a strong view (ab_fixmatch_anchoring --anchoring=strong.strong)
+  --augment=d.d.ctap       strong views without the final cutout (ab_fixmatch_nocutout)
+  --optimizer=adam --lr=0.002, --momentum=m --nonesterov, --lr_schedule=linear --lr_end=0.02
+                           (ab_fixmatch_adam, ab_fixmatch_momentum, ab_fixmatch_linearlr)
+Batch norm as the reference: every view of the step goes through ONE training-mode forward pass.
 """
 import os
 import sys
@@ -46,34 +61,80 @@ from libml import debias  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least, in_range  # noqa: E402
 
 
 class FixMatch(train.Algorithm):
     params = dict(
-        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).'),
-        confidence=Param(0.95, 'Confidence threshold tau of the pseudo-labels.'),
-        wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).'),
+        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).', check=at_least(1)),
+        confidence=Param(0.95, 'Confidence threshold tau of the pseudo-labels.', check=in_range(0, 1, low_open=True)),
+        wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).', check=at_least(0)),
         augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and strong views'),
         sup_strong=Param(False, 'DeFixMatch supervised term: mean of the cross-entropies of a weak and a strong '
                          'view of each labeled image.'),
+        nstrong=Param(1, 'Strong views of each unlabeled image, each trained on the weak view\'s pseudo-label '
+                      '(augmentation anchoring); the unlabeled term averages over them.', check=at_least(1)),
+        sharpen=Param('none', 'Pseudo-label ablations with q = softmax(weak / T): none (FixMatch), mask (hard label, '
+                      'mask max q >= tau: ab_fixmatch_sharpen), target (soft target q, mask max p >= tau: '
+                      'ab_fixmatch_sharpen_conditional_consistency).', choices=losses.SHARPEN),
+        T=Param(1.0, 'Temperature of --sharpen (T < 1 sharpens).', check=above(0)),
+        teacher=Param('model', 'Pseudo-labels of the weak views from: model (FixMatch: the trained model, same pass), '
+                      'ema (EMA weights, inference mode: ab_fixmatch_meanteacher), ema_train (EMA weights, training '
+                      'mode on the weak batch alone: ab_fixmatch_meanteacher_train).',
+                      choices=('model', 'ema', 'ema_train')),
+        momentum=Param(0.9, 'Momentum of --optimizer=sgd (ab_fixmatch_momentum).',
+                       check=in_range(0, 1, high_open=True)),
+        nesterov=Param(True, 'Nesterov momentum for --optimizer=sgd (ab_fixmatch_momentum --nonesterov).'),
+        lr_end=Param(0.0, 'Learning rate at the end of --lr_schedule=linear: lr + (lr_end - lr) t/T '
+                     '(ab_fixmatch_linearlr: 0.02).', check=at_least(0)),
     )
     label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
 
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        s = self.settings
+        if s.lr_end and s.lr_schedule != 'linear':
+            raise utils.UserError(f'--lr_end={s.lr_end:g} is the end of the linear schedule; add --lr_schedule=linear')
+        if s.nstrong < 1:
+            raise utils.UserError(f'--nstrong={s.nstrong}: at least one strong view is needed; use --nstrong=1 or more')
+
+    def strong_names(self, first):
+        """The view names of the --nstrong strong views: first, first1, first2, ..."""
+        return [first] + [f'{first}{k}' for k in range(1, self.settings.nstrong)]
+
     def views(self):
-        return self.standard_views(labeled_strong=self.settings.sup_strong or self.bias.needs_labeled_term)
+        labeled_strong = self.settings.sup_strong or self.bias.needs_labeled_term
+        labeled, unlabeled = self.standard_views(labeled_strong=labeled_strong)
+        unlabeled.update({name: unlabeled[keys.U_STRONG] for name in self.strong_names(keys.U_STRONG)})
+        if self.bias.needs_labeled_term:
+            labeled.update({name: labeled[keys.X_STRONG] for name in self.strong_names(keys.X_STRONG)})
+        return labeled, unlabeled
+
+    def unlabeled_term(self, logits_weak, logits_strong, thresholds):
+        """(mean over the strong views of the per-image pseudo-label term (N,), mask (N,))."""
+        s = self.settings
+        terms = [losses.pseudo_label_term(logits_weak, logits, thresholds, s.sharpen, s.T) for logits in logits_strong]
+        return tf.add_n([h for h, _ in terms]) / len(terms), terms[0][1]
 
     def loss(self, batch, step):
         s = self.settings
-        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        x_strong, u_strong = self.strong_names(keys.X_STRONG), self.strong_names(keys.U_STRONG)
+        weak = [keys.U_WEAK] if s.teacher == 'model' else []  # an EMA teacher labels the weak views itself
+        logits = self.forward_views(batch, keys.X, *x_strong, *weak, *u_strong)
+        teacher_x = logits[keys.X]
+        if s.teacher != 'model':
+            training = s.teacher == 'ema_train'
+            logits[keys.U_WEAK] = self.forward_ema(batch[keys.U_WEAK], training=training)
+            if self.bias.needs_labeled_term:
+                teacher_x = self.forward_ema(batch[keys.X], training=training)
         self.bias.update(logits[keys.U_WEAK])
         thresholds = self.bias.thresholds(s.confidence)
         xe = losses.cross_entropy(batch[keys.LABEL], logits[keys.X])
         if s.sup_strong:
             xe = (xe + losses.cross_entropy(batch[keys.LABEL], logits[keys.X_STRONG])) / 2
         xe = self.bias.labeled(xe, batch[keys.LABEL])
-        h_unlabeled, mask = losses.pseudo_label_term(logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds)
-        h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
+        h_unlabeled, mask = self.unlabeled_term(logits[keys.U_WEAK], [logits[name] for name in u_strong], thresholds)
+        h_labeled = self.unlabeled_term(teacher_x, [logits[name] for name in x_strong], thresholds)[0] \
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, batch[keys.LABEL])
         return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask)}
