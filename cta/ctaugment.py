@@ -1,26 +1,29 @@
-"""CTAugment (control theory augment) as batched, stateless TensorFlow ops.
+"""CTAugment (control theory augment) as batched, stateless TensorFlow ops, exactly as the reference.
 
-Each of the 19 ops has 0, 1 or 2 parameters; a parameter is a level in [0, 1] split into bins, and
-every bin has a rate (an EMA of how well the EMA model still classifies images augmented with it).
-Op levels (l) map to the engine parameters of libml.augment like this:
-  autocontrast, blur, equalize, invert, smooth (17 bins): blend(x, op(x), l)
+Each of the 19 ops has 0, 1 or 2 parameters; a parameter is a level in [0, 1) split into bins, and every
+bin has a rate (an EMA of how well the EMA model still classifies images augmented with it). Images go to
+8-bit levels round(255 x) and the ops act on the RGB image as the reference's PIL ops (libml.augment):
+  autocontrast, blur, equalize, invert, smooth (17 bins): Image.blend(x, op(x), l)
   brightness, color, contrast, sharpness (17 bins): PIL enhance factor 0.1 + 1.9 l
-  cutout (17 bins): gray square of side 1 + int(l * min(H, W) * 0.499) at a random centre
+  cutout (17 bins): square of side 1 + int(l min(W, H) 0.499), rows and columns [c - side//2, c + side//2)
+      clipped, centre uniform, filled with level 127
   identity: no parameter
-  posterize (8 bins): 1 + int(7.999 l) bits
-  rescale (17 bins x 6 bins): centre crop of side (1 - 2 * 0.25 * l) of the image, resized back with
-      method RESCALE_METHODS[int(6 l2)] = lanczos3, bicubic, bilinear, area, mitchellcubic, nearest
-  rotate (17 bins): (2l - 1) * 45 degrees, counter-clockwise
-  shear_x, shear_y (17 bins): (2l - 1) * 0.3
-  solarize (17 bins): threshold level int(255.999 l)
-  translate_x, translate_y (17 bins): (2l - 1) * 0.3 of the image width / height. The reference
-      applied this value as a shift of 0.3 pixel at most (a no-op with nearest sampling); this port
-      applies it as the fraction of the image size it was meant to be.
+  posterize (8 bins): 1 + int(7.999 l) bits; solarize (17 bins): threshold int(255.999 l)
+  rescale (17 x 6 bins): crop (s W, s H, W (1 - s), H (1 - s)), s = 0.25 l, resized back with
+      geometry.METHODS[int(5.99 l2)] = lanczos, bicubic, bilinear, box, hamming, nearest
+  rotate (17 bins): int(round((2l - 1) 45)) whole degrees; shear_x, shear_y (17 bins): (2l - 1) 0.3;
+      geometric fill black
+  translate_x, translate_y (17 bins): (2l - 1) 0.3 of the image width / height. The reference applied
+      this value as a shift of 0.3 pixel at most (a no-op with nearest sampling); this port applies it as
+      the fraction of the image size it was meant to be.
 
-All bin rates of all parameters live in ONE float32 tf.Variable (a flat vector, initialised to 1,
-trainable=False, aggregation ONLY_FIRST_REPLICA), so tf.train.Checkpoint saves and restores it and it
-works under tf.distribute strategies. Training reads it through sample_policy (inside tf.data maps
-too: the variable is captured by reference) and writes it through update.
+All bin rates live in ONE float32 tf.Variable (a flat vector, initialised to 1, trainable=False,
+aggregation ONLY_FIRST_REPLICA): tf.train.Checkpoint saves it and it works under tf.distribute.
+
+Interface: sample_training(n, seed) / sample_random(n, seed) -> params {'ops' (n, depth) int32,
+'levels' (n, depth, 2) float64, 'bins' (n, depth, 2) int32 = int(level nbins 0.999) (-1 where absent),
+'centre' (n, depth, 2) float64 cutout-centre fractions}; apply(images, params, xla) -> images;
+update(ops, bins, proximity).
 """
 from typing import NamedTuple
 
@@ -28,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from libml import augment
+from libml import geometry
 
 # (name, bins per parameter), in the reference's alphabetical order.
 OPS = (
@@ -52,7 +56,7 @@ OPS = (
     ('translate_y', (17,)),
 )
 OP_NAMES = tuple(name for name, _ in OPS)
-MAX_PARAMS = augment.NUM_PARAMS
+MAX_PARAMS = 2
 MAX_BINS = max(max(bins, default=0) for _, bins in OPS)
 
 # Flat layout of the rates: parameter p = (op, slot) owns bins [PARAM_OFFSET[p], + PARAM_BINS[p]).
@@ -78,48 +82,53 @@ BIN_PARAM = np.repeat(np.arange(len(PARAMS)), PARAM_BINS).astype(np.int32)
 BIN_INDEX = np.full([len(PARAMS), MAX_BINS], NUM_BINS, np.int32)
 for _p, (_offset, _bins) in enumerate(zip(PARAM_OFFSET, PARAM_BINS)):
     BIN_INDEX[_p, :_bins] = np.arange(_offset, _offset + _bins)
+ENGINE_IDS = np.array([augment.OPS.index(name) for name in OP_NAMES], np.int32)
 
 
 class Policy(NamedTuple):
-    """Per-image op choices: ops (n, depth) int32 indexes OPS; bins (n, depth, MAX_PARAMS) int32
-    (-1 where the op has no such parameter); values (n, depth, MAX_PARAMS) float32 levels in [0, 1]
-    (0 where absent); seed (2,) for the ops' own randomness (cutout centres)."""
+    """Old interface: ops (n, depth) int32; bins (n, depth, 2) int32 (-1 where absent); values (n, depth, 2)
+    float32 levels (0 where absent); seed (2,) of the cutout centres."""
     ops: tf.Tensor
     bins: tf.Tensor
     values: tf.Tensor
     seed: tf.Tensor
 
 
-def engine_parameters(ops, levels, height, width):
-    """Engine (op_ids, params) of libml.augment for CTA ops (n,) at levels (n, MAX_PARAMS)."""
-    ops = tf.cast(ops, tf.int32)
-    level = levels[:, 0]
-    signed = 2.0 * level - 1.0
-    side = tf.cast(tf.minimum(height, width), tf.float32)
+def update_bins(ops, levels):
+    """The reference's bin of each level for the rate update: int(level * nbins * 0.999); -1 where absent."""
+    nbins = tf.gather(tf.constant(OP_NBINS), ops)
+    bins = tf.cast(tf.floor(tf.cast(levels, tf.float64) * tf.cast(nbins, tf.float64) * 0.999), tf.int32)
+    return tf.where(nbins > 0, bins, -1)
+
+
+def program(ops, levels, centre, height, width):
+    """Engine program (libml.augment) of CTA ops (N, D) at levels (N, D, 2) float64."""
+    level, level2 = tf.cast(levels[..., 0], tf.float64), tf.cast(levels[..., 1], tf.float64)
+    signed = geometry.rounded((2.0 * level - 1.0) * 0.3)
     mapped = {
         'level': level,
-        'factor': 0.1 + 1.9 * level,
-        'cutout': 1.0 + tf.floor(level * side * 0.499),
+        'factor': 0.1 + geometry.rounded(1.9 * level),
+        'cutout': 1.0 + tf.floor(level * min(height, width) * 0.499),
         'none': tf.zeros_like(level),
-        'bits': 1.0 + tf.floor(7.999 * level),
-        'degrees': signed * 45.0,
-        'shift': signed * 0.3,
-        'threshold': tf.floor(255.999 * level),
+        'bits': 1.0 + tf.floor(level * 7.999),
+        'degrees': tf.round((2.0 * level - 1.0) * 45.0),
+        'shift': signed,
+        'shift_x': signed * width,
+        'shift_y': signed * height,
+        'threshold': tf.floor(level * 255.999),
     }
-    mapping = {'autocontrast': 'level', 'blur': 'level', 'equalize': 'level', 'invert': 'level',
-               'smooth': 'level', 'brightness': 'factor', 'color': 'factor', 'contrast': 'factor',
-               'sharpness': 'factor', 'cutout': 'cutout', 'identity': 'none', 'posterize': 'bits',
-               'rescale': 'level', 'rotate': 'degrees', 'shear_x': 'shift', 'shear_y': 'shift',
-               'solarize': 'threshold', 'translate_x': 'shift', 'translate_y': 'shift'}
+    mapping = {'autocontrast': 'level', 'blur': 'level', 'equalize': 'level', 'invert': 'level', 'smooth': 'level',
+               'brightness': 'factor', 'color': 'factor', 'contrast': 'factor', 'sharpness': 'factor',
+               'cutout': 'cutout', 'identity': 'none', 'posterize': 'bits', 'rescale': 'level', 'rotate': 'degrees',
+               'shear_x': 'shift', 'shear_y': 'shift', 'solarize': 'threshold', 'translate_x': 'shift_x',
+               'translate_y': 'shift_y'}
     kinds = list(mapped)
-    candidates = tf.stack([mapped[kind] for kind in kinds], axis=1)
-    kind_of_op = tf.constant([kinds.index(mapping[name]) for name in OP_NAMES], tf.int32)
-    first = tf.gather(candidates, tf.gather(kind_of_op, ops), batch_dims=1)
-    methods = len(augment.RESCALE_METHODS)
-    method = tf.minimum(tf.floor(levels[:, 1] * methods), methods - 1)
-    second = tf.where(tf.equal(ops, OP_NAMES.index('rescale')), method, tf.zeros_like(method))
-    op_ids = tf.gather(tf.constant([augment.OPS.index(name) for name in OP_NAMES], tf.int32), ops)
-    return op_ids, tf.stack([first, second], axis=1)
+    kind = tf.gather(tf.constant([kinds.index(mapping[name]) for name in OP_NAMES], tf.int32), ops)
+    value = tf.gather(tf.stack([mapped[k] for k in kinds], -1), kind, batch_dims=2)
+    method = tf.floor(level2 * 5.99)
+    value2 = tf.where(tf.equal(ops, OP_NAMES.index('rescale')), method, tf.zeros_like(method))
+    centre = tf.stack([geometry.centre_pixels(centre[:, k], height, width) for k in range(centre.shape[1])], 1)
+    return {'op': tf.gather(tf.constant(ENGINE_IDS), ops), 'value': value, 'value2': value2, 'centre': centre}
 
 
 def proximity(probs, labels):
@@ -132,8 +141,8 @@ def proximity(probs, labels):
 class CTAugment(tf.Module):
     """CTAugment state (bin rates) and its batched sampling, application and update.
 
-    depth ops per image; p = (rate + (1 - decay)) / max over the parameter's bins of the same
-    quantity, bins with p < threshold get probability 0.
+    depth ops per image; p = (rate + (1 - decay)) / max over the parameter's bins of the same quantity,
+    bins with p < threshold get probability 0.
     """
 
     def __init__(self, depth=2, threshold=0.8, decay=0.99, name='ctaugment'):
@@ -154,66 +163,77 @@ class CTAugment(tf.Module):
 
     def _bin_probabilities(self):
         """(len(PARAMS) + 1, MAX_BINS) p per parameter and bin, 0-padded; the last row (the dummy
-        parameter of absent slots) is uniform."""
+        parameter of absent slots) is 1 in bin 0."""
         padded = tf.concat([self.probabilities(), [0.0]], axis=0)
-        return tf.concat([tf.gather(padded, BIN_INDEX), tf.ones([1, MAX_BINS])], axis=0)
+        return tf.concat([tf.gather(padded, BIN_INDEX), tf.one_hot([0], MAX_BINS)], axis=0)
 
-    def sample_policy(self, n, seed):
-        """Training policy for n images: `depth` ops uniform per image; each parameter's bin drawn with
-        probability p / sum(p) over its bins; level = (bin + U(0, 1)) / nbins."""
-        op_seed, bin_seed, value_seed, apply_seed = augment.split_seed(seed, 4)
-        ops = tf.random.stateless_uniform([n, self.depth], op_seed, 0, len(OPS), dtype=tf.int32)
-        params = tf.gather(tf.constant(OP_PARAM), ops)
-        logits = tf.math.log(self._bin_probabilities())
-        rows = tf.gather(logits, tf.reshape(params, [-1]))
-        bins = tf.random.stateless_categorical(rows, 1, bin_seed, dtype=tf.int32)
-        bins = tf.reshape(bins, tf.shape(params))
-        nbins = tf.cast(tf.gather(tf.constant(OP_NBINS), ops), tf.float32)
-        uniform = tf.random.stateless_uniform(tf.shape(params), value_seed)
-        present = nbins > 0
-        values = tf.where(present, (tf.cast(bins, tf.float32) + uniform) / tf.maximum(nbins, 1.0), 0.0)
-        return Policy(ops, tf.where(present, bins, -1), values, apply_seed)
+    def _ops_and_centres(self, n, seed):
+        op_seed, centre_seed, level_seed, bin_seed = augment.split_seed(seed, 4)
+        ops = augment.uniform(op_seed, [n, self.depth], tf.int32, 0, len(OPS))
+        return ops, augment.uniform(centre_seed, [n, self.depth, 2]), level_seed, bin_seed
 
-    def random_policy(self, n, seed):
-        """Probe policy: `depth` ops uniform per image, levels uniform in [0, 1), bin = int(level * nbins)."""
-        op_seed, value_seed, apply_seed = augment.split_seed(seed, 3)
-        ops = tf.random.stateless_uniform([n, self.depth], op_seed, 0, len(OPS), dtype=tf.int32)
+    def sample_training(self, n, seed, cutout=False):
+        """Training policy of n images: `depth` ops uniform per image; each parameter's bin drawn with
+        probability p / sum(p) over its bins (inverse CDF of a uniform); level = (bin + U(0, 1)) / nbins.
+        With `cutout`, also 'cutout' (n, 2): centre fractions of a final cutout at level 1 (FixMatch)."""
+        ops, centre, level_seed, bin_seed = self._ops_and_centres(n, seed)
+        p = tf.gather(self._bin_probabilities(), tf.gather(tf.constant(OP_PARAM), ops))  # (n, depth, 2, bins)
+        target = tf.cast(augment.uniform(bin_seed, [n, self.depth, MAX_PARAMS]), tf.float32)
+        total = 0.0
+        for k in range(MAX_BINS):  # sums in a fixed order: the same floats with and without XLA
+            total += p[..., k]
+        target *= total
+        bins, cumulative = tf.zeros_like(target, tf.int32), 0.0
+        for k in range(MAX_BINS):  # bin = #{k: p_0 + ... + p_k <= u sum(p)}
+            cumulative += p[..., k]
+            bins += tf.cast(cumulative <= target, tf.int32)
+        last = tf.reduce_max(tf.where(p > 0, tf.range(MAX_BINS), 0), axis=-1)
+        bins = tf.minimum(bins, last)
+        nbins = tf.cast(tf.gather(tf.constant(OP_NBINS), ops), tf.float64)
+        u = augment.uniform(level_seed, [n, self.depth, MAX_PARAMS])
+        levels = tf.where(nbins > 0, (tf.cast(bins, tf.float64) + u) / tf.maximum(nbins, 1.0), 0.0)
+        params = {'ops': ops, 'levels': levels, 'bins': update_bins(ops, levels), 'centre': centre}
+        if cutout:
+            params['cutout'] = augment.uniform(augment.split_seed(seed, 5)[4], [n, 2])
+        return params
+
+    def sample_random(self, n, seed):
+        """Probe policy of n images: `depth` ops uniform per image, levels uniform in [0, 1)."""
+        ops, centre, level_seed, _ = self._ops_and_centres(n, seed)
         nbins = tf.gather(tf.constant(OP_NBINS), ops)
-        present = nbins > 0
-        values = tf.random.stateless_uniform(tf.shape(nbins), value_seed)
-        bins = tf.minimum(tf.cast(tf.floor(values * tf.cast(nbins, tf.float32)), tf.int32), nbins - 1)
-        return Policy(ops, tf.where(present, bins, -1), tf.where(present, values, 0.0), apply_seed)
+        levels = tf.where(nbins > 0, augment.uniform(level_seed, [n, self.depth, MAX_PARAMS]), 0.0)
+        return {'ops': ops, 'levels': levels, 'bins': update_bins(ops, levels), 'centre': centre}
 
-    def apply(self, images, policy):
-        """Applies the policy's ops in order (step 0 first) with libml.augment's batched engine."""
-        height, width = tf.shape(images)[1], tf.shape(images)[2]
-        depth = policy.ops.shape[1]
-        for step, step_seed in enumerate(augment.split_seed(policy.seed, depth)):
-            op_ids, params = engine_parameters(policy.ops[:, step], policy.values[:, step], height, width)
-            images = augment.apply_ops(images, op_ids, params, step_seed)
-        return images
+    def apply(self, images, params, xla=False):
+        """The policy of `params` (and its final cutout when params has 'cutout') on [0, 1] images (N, H, W, C);
+        an old-style Policy is accepted too."""
+        if isinstance(params, Policy):
+            params = self._from_policy(params)
+        height, width = images.shape[1:3]
+        prog = program(params['ops'], params['levels'], params['centre'], height, width)
+        if 'cutout' in params:
+            side = 1 + int(min(height, width) * 0.499)  # the cutout op at level 1
+            n = tf.shape(params['ops'])[0]
+            last = {'op': tf.fill([n, 1], augment.OPS.index('cutout')),
+                    'value': tf.fill([n, 1], tf.constant(side, tf.float64)), 'value2': tf.zeros([n, 1], tf.float64),
+                    'centre': geometry.centre_pixels(params['cutout'], height, width)[:, None]}
+            prog = {key: tf.concat([prog[key], last[key]], 1) for key in prog}
+        levels, _ = augment.apply_program(augment.to_levels(images), prog, xla=xla)
+        return augment.from_levels(levels, xla=xla)
 
-    def strong(self, images, seed):
-        """Strong view: a sampled policy, then a full cutout (level 1: side 1 + int(0.499 min(H, W)))."""
-        policy_seed, cutout_seed = augment.split_seed(seed, 2)
-        images = self.apply(images, self.sample_policy(tf.shape(images)[0], policy_seed))
-        side = 1 + tf.cast(tf.floor(tf.cast(tf.minimum(tf.shape(images)[1], tf.shape(images)[2]), tf.float32)
-                                    * 0.499), tf.int32)
-        return augment.cutout(images, cutout_seed, side)
+    def update(self, ops, bins, proximity=None):
+        """rate[bin] = decay * rate[bin] + (1 - decay) * proximity, for every probe image in order and every
+        (step, parameter) it used (bins >= 0), exactly as the sequential loop. Also update(policy, proximity).
 
-    def update(self, policy, proximity_values):
-        """rate[bin] = decay * rate[bin] + (1 - decay) * proximity, for every probe image in order
-        and every (step, parameter) it used, exactly as the sequential loop.
-
-        Closed form: a bin hit by updates q_1..q_K (in order) ends at
-        decay^K rate + (1 - decay) sum_k decay^(K - k) q_k; K - k is counted with a reverse cumsum.
-        Returns the new rates.
+        Closed form: a bin hit by updates q_1..q_K (in order) ends at decay^K rate + (1 - decay)
+        sum_k decay^(K - k) q_k; K - k is counted with a reverse cumsum. Returns the new rates.
         """
-        offsets = tf.gather(tf.constant(OP_OFFSET), policy.ops)
-        present = policy.bins >= 0
-        flat_bins = tf.reshape(tf.where(present, offsets + policy.bins, NUM_BINS), [-1])
-        prox = tf.reshape(tf.broadcast_to(tf.cast(proximity_values, tf.float32)[:, None, None],
-                                          tf.shape(policy.bins)), [-1])
+        if proximity is None:  # old call: update(policy, proximity)
+            ops, bins, proximity = ops.ops, ops.bins, bins
+        offsets = tf.gather(tf.constant(OP_OFFSET), ops)
+        bins = tf.cast(bins, tf.int32)
+        flat_bins = tf.reshape(tf.where(bins >= 0, offsets + bins, NUM_BINS), [-1])
+        prox = tf.reshape(tf.broadcast_to(tf.cast(proximity, tf.float32)[:, None, None], tf.shape(bins)), [-1])
         hits = tf.one_hot(flat_bins, NUM_BINS + 1, dtype=tf.float32)
         later_hits = tf.reduce_sum(tf.cumsum(hits, axis=0, exclusive=True, reverse=True) * hits, axis=1)
         weights = (1.0 - self.decay) * tf.pow(self.decay, later_hits) * prox
@@ -222,6 +242,25 @@ class CTAugment(tf.Module):
         new_rates = tf.pow(self.decay, counts) * self.rates + added
         self.rates.assign(new_rates)
         return new_rates
+
+    # ---- the old interface (policies with a seed), thin wrappers
+
+    def _from_policy(self, policy):
+        n = tf.shape(policy.ops)[0]
+        return {'ops': policy.ops, 'levels': tf.cast(policy.values, tf.float64), 'bins': policy.bins,
+                'centre': augment.uniform(policy.seed, [n, policy.ops.shape[1], 2])}
+
+    def random_policy(self, n, seed):
+        """Probe policy as a Policy (bins by the update rule int(level nbins 0.999))."""
+        policy_seed, centre_seed = augment.split_seed(seed, 2)
+        params = self.sample_random(n, policy_seed)
+        return Policy(params['ops'], params['bins'], tf.cast(params['levels'], tf.float32), centre_seed)
+
+    def strong(self, images, seed):
+        """Training policy then a cutout at level 1 (side 16 at 32 px), from the current rates."""
+        return self.apply(images, self.sample_training(tf.shape(images)[0], seed, cutout=True))
+
+    # ---- monitoring
 
     def rates_by_op(self):
         """{op name: list of numpy rate vectors, one per parameter}."""
@@ -247,5 +286,3 @@ class CTAugment(tf.Module):
         for tf.summary.image; rates stay in [0, 1]."""
         padded = tf.concat([self.rates, [0.0]], axis=0)
         return tf.clip_by_value(tf.gather(padded, BIN_INDEX), 0.0, 1.0)[None, :, :, None]
-
-
