@@ -1,15 +1,18 @@
-"""Throughput of the batched strong views against a per-image loop of the same ops.
+"""Throughput of the batched strong views against a per-image loop of the same views.
 
-For each image size and view (RandAugment + cutout, CTAugment strong view), times
-- batched: one tf.function call on the whole (batch, H, W, C) tensor;
-- per image: a tf.function running tf.map_fn over the images, each as a batch of 1 with its own seed.
-Prints images/s for both and, as the last line, the speed-up ratios batched / per-image.
+For each image size and view ('rac': weak + RandAugment + cutout; 'cta': weak + CTAugment + cutout, the
+FixMatch strong view), times view.sample + view.apply (libml/views.py):
+- batched: one tf.function call on the whole (batch, H, W, 3) tensor (the partitioned engine);
+- per image: a tf.function running tf.map_fn over the images, each as a batch of 1 with its own seed;
+- with --xla, also the XLA path (apply(xla=True) under tf.function(jit_compile=True)).
+Prints images/s and, as the last line, the speed-up ratios batched / per-image.
 
     python bench/augment.py --batch=256 --repeats=5 --sizes=32,96
 """
 import os
 import sys
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,21 +24,33 @@ from absl import app, flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cta import CTAugment  # noqa: E402
-from libml import augment  # noqa: E402
+from libml import views  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('batch', 256, 'Images per batch.')
 flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (after one warm-up call).')
 flags.DEFINE_list('sizes', ['32', '96'], 'Square image sizes to time (3 channels).')
+flags.DEFINE_string('json', None, 'Also write the batched images/s to this JSON file.')
+flags.DEFINE_bool('xla', False, 'Also time the XLA path (jit_compile=True; compiling takes a while).')
+VIEWS = {'RA+cutout': 'rac', 'CTA strong': 'cta'}
+
+
+def batched(view, xla=False):
+    def run(images, seed):
+        return view.apply(images, view.sample(images.shape[0], seed), xla=xla)
+    return tf.function(run, autograph=False, jit_compile=xla)
 
 
 def per_image(view):
-    """view(images, seed) applied image by image (batches of 1, one seed each) with tf.map_fn."""
+    """The view applied image by image (batches of 1, one seed each) with tf.map_fn."""
+    def one(args):
+        image, seed = args
+        return view.apply(image[None], view.sample(1, seed))[0]
+
     def run(images, seed):
         seeds = tf.random.experimental.stateless_split(seed, tf.shape(images)[0])
-        return tf.map_fn(lambda args: view(args[0][None], args[1])[0], (images, seeds),
-                         fn_output_signature=tf.float32)
-    return run
+        return tf.map_fn(one, (images, seeds), fn_output_signature=tf.float32)
+    return tf.function(run, autograph=False)
 
 
 def images_per_second(fn, images, repeats):
@@ -50,21 +65,24 @@ def images_per_second(fn, images, repeats):
 
 def main(_):
     cta = CTAugment()
-    views = {'RA+cutout': lambda x, s: augment.randaugment(x, s, with_cutout=True),
-             'CTA strong': cta.strong}
     print(f'batch {FLAGS.batch}, {FLAGS.repeats} repeats, {os.cpu_count()} CPUs visible')
-    print(f'{"view":<12} {"size":>9} {"batched img/s":>14} {"per-image img/s":>16} {"ratio":>7}')
-    ratios = []
+    print(f'{"view":<12} {"size":>9} {"batched img/s":>14} {"per-image img/s":>16} {"ratio":>7}'
+          + (f' {"XLA img/s":>10}' if FLAGS.xla else ''))
+    ratios, rates = [], {}
     for size in (int(s) for s in FLAGS.sizes):
-        images = tf.random.stateless_uniform([FLAGS.batch, size, size, 3], [size, 1])
-        for name, view in views.items():
-            batched_fn = tf.function(view, autograph=False)
-            single_fn = tf.function(per_image(view), autograph=False)
-            batched = images_per_second(batched_fn, images, FLAGS.repeats)
-            single = images_per_second(single_fn, images, FLAGS.repeats)
-            ratios.append(f'{name}@{size}px {batched / single:.1f}x')
-            print(f'{name:<12} {f"{size}x{size}x3":>9} {batched:>14.0f} {single:>16.0f} '
-                  f'{batched / single:>6.1f}x', flush=True)
+        info = types.SimpleNamespace(name='cifar10', shape=(size, size, 3), flip=True, pad=4)
+        images = tf.round(tf.random.stateless_uniform([FLAGS.batch, size, size, 3], [size, 1]) * 255) / 255
+        for name, code in VIEWS.items():
+            view = views.make_view(code, info, cta)
+            fast = images_per_second(batched(view), images, FLAGS.repeats)
+            single = images_per_second(per_image(view), images, FLAGS.repeats)
+            xla = f' {images_per_second(batched(view, True), images, FLAGS.repeats):>10.0f}' if FLAGS.xla else ''
+            ratios.append(f'{name}@{size}px {fast / single:.1f}x')
+            rates[f'{name} {size}x{size}x3'] = fast
+            print(f'{name:<12} {f"{size}x{size}x3":>9} {fast:>14.0f} {single:>16.0f} {fast / single:>6.1f}x{xla}',
+                  flush=True)
+    if FLAGS.json:
+        utils.write_json(FLAGS.json, {'images_per_second': rates, 'batch': FLAGS.batch})
     print('speed-up batched/per-image: ' + ', '.join(ratios))
 
 
