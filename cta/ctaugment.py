@@ -211,14 +211,11 @@ class CTAugment(tf.Module):
             params = self._from_policy(params)
         height, width = images.shape[1:3]
         prog = program(params['ops'], params['levels'], params['centre'], height, width)
-        if 'cutout' in params:
-            side = 1 + int(min(height, width) * 0.499)  # the cutout op at level 1
-            n = tf.shape(params['ops'])[0]
-            last = {'op': tf.fill([n, 1], augment.OPS.index('cutout')),
-                    'value': tf.fill([n, 1], tf.constant(side, tf.float64)), 'value2': tf.zeros([n, 1], tf.float64),
-                    'centre': geometry.centre_pixels(params['cutout'], height, width)[:, None]}
-            prog = {key: tf.concat([prog[key], last[key]], 1) for key in prog}
         levels, _ = augment.apply_program(augment.to_levels(images), prog, xla=xla)
+        if 'cutout' in params:  # the cutout op at level 1 on every image, as a last step
+            side = tf.fill(tf.shape(params['ops'])[:1], 1 + int(min(height, width) * 0.499))
+            mask = geometry.square_mask(height, width, geometry.centre_pixels(params['cutout'], height, width), side)
+            levels = augment.select(mask, augment.CUTOUT_FILL, levels)
         return augment.from_levels(levels, xla=xla)
 
     def update(self, ops, bins, proximity=None):

@@ -307,8 +307,8 @@ def apply_step(x, alpha, op, value, value2, centre, used=OPS, xla=False):
     count = len(groups) + 1
     parts = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, count)
     packed = tf.concat([tf.stack([tf.cast(op, tf.float64), value, value2], 1), tf.cast(centre, tf.float64)], 1)
-    xs, ps = tf.dynamic_partition(x, group, count), tf.dynamic_partition(packed, group, count)
-    alphas = tf.dynamic_partition(alpha, group, count) if alpha is not None else [None] * count
+    xs, ps = [tf.gather(x, idx) for idx in parts], [tf.gather(packed, idx) for idx in parts]
+    alphas = [tf.gather(alpha, idx) for idx in parts] if alpha is not None else [None] * count
     for g, names in enumerate(groups):
         p = ps[g]
         xs[g], alphas[g] = _apply_family(FAMILY_OF[names[0]], xs[g], alphas[g], tf.cast(p[:, 0], tf.int32), p[:, 1],

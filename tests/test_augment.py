@@ -244,6 +244,23 @@ def test_every_view_samples_and_applies_row_by_row():
             assert not np.array_equal(view.apply(images, other), out), code
 
 
+def test_engine_in_tf_function_with_constant_ops_and_empty_groups():
+    """Constant ops let Grappler fold the partition (it miscompiled dynamic_partition of the images there)."""
+    images = tf.constant(np.random.default_rng(5).integers(0, 256, [6, 16, 16, 3]).astype(np.float32))
+    zeros, centre = tf.zeros([6], tf.float64), tf.zeros([6, 2], tf.int32)
+
+    @tf.function
+    def constant_ops(x):
+        same, _ = augment.apply_step(x, None, tf.zeros([6], tf.int32), zeros, zeros, centre)  # every group empty
+        mixed, _ = augment.apply_step(x, None, tf.constant([0, 1, 12, 12, 17, 2]), zeros + 0.5, zeros + 1, centre)
+        return same, mixed
+
+    same, mixed = constant_ops(images)
+    np.testing.assert_array_equal(same, images)
+    expected, _ = augment.apply_step(images, None, tf.constant([0, 1, 12, 12, 17, 2]), zeros + 0.5, zeros + 1, centre)
+    np.testing.assert_array_equal(mixed, expected)
+
+
 def test_engine_and_samplers_compile_with_xla_and_match():
     """jit_compile=True on CPU: the engine's select path (every family, with an alpha) and the samplers of
     RandAugment, AutoAugment and CTAugment views give exactly the eager results."""
