@@ -10,6 +10,7 @@ from PIL import Image
 import pil_reference as ref
 from cta import ctaugment
 from cta import CTAugment
+from libml import augment
 from libml import geometry
 from libml import policies
 from libml import views
@@ -181,3 +182,39 @@ def test_cutout_sizes_and_fill(size):
     filled = (strong.apply(images, params).numpy() == np.float32(127 / 255)).all(-1).sum(axis=(1, 2))
     side = 1 + int(size * 0.499)  # the cutout op at level 1
     assert filled.max() == (2 * (side // 2)) ** 2 and filled.min() >= (side // 2) ** 2
+
+
+def test_every_randaugment_and_autoaugment_op_at_every_level_matches_reference():
+    """Each op of RA_OPS + Invert + Cutout, levels 0..10, both signs, one step on the RGBA image."""
+    for kind in ('fashion', 'rgb'):
+        images, shape = inputs(kind, 2)
+        combos = [(name, level, negate) for name in policies.NAMES for level in range(11) for negate in (False, True)
+                  if not (name == 'Posterize' and level == 10)]  # 0 bits: Pillow >= 10 refuses it
+        n = len(combos) * 2
+        names = tf.constant([[policies.NAMES.index(c[0])] for c in combos] * 2, tf.int32)
+        level = tf.constant([[c[1]] for c in combos] * 2, tf.int32)
+        negate = tf.constant([[c[2]] for c in combos] * 2)
+        centre = tf.fill([n, 1, 2], 13)
+        prog = policies._program(names, level, negate, tf.fill([n, 1], True), centre)
+        x = tf.repeat(images, len(combos), axis=0)
+        levels, alpha = augment.apply_program(augment.to_levels(x), prog, alpha=tf.fill([n, *shape[:2], 1], 255.0))
+        ours = augment.from_levels(levels, alpha)
+        rgb = as_rgb_levels(x)
+        theirs = [ref.apply_policy(rgb[i], [(*combos[i % len(combos)], (13, 13))]) for i in range(n)]
+        assert_views_equal(ours, theirs, f'RA/AA ops on {kind}')
+
+
+def test_every_ctaugment_op_at_several_levels_matches_reference():
+    grid = [0.0, 0.1, 0.3, 0.5, 0.77, 0.99]
+    for kind in ('fashion', 'rgb'):
+        images, shape = inputs(kind, 2)
+        combos = [(op, l, l2) for op in range(len(ctaugment.OPS)) for l in grid
+                  for l2 in (grid if ctaugment.OP_NAMES[op] == 'rescale' else [0.0])]
+        n = len(combos) * 2
+        params = {'ops': tf.constant([[c[0]] for c in combos] * 2, tf.int32),
+                  'levels': tf.constant([[[c[1], c[2]]] for c in combos] * 2, tf.float64),
+                  'centre': tf.fill([n, 1, 2], tf.constant(0.4, tf.float64))}
+        params['bins'] = ctaugment.update_bins(params['ops'], params['levels'])
+        x = tf.repeat(images, len(combos), axis=0)
+        assert_views_equal(CTAugment().apply(x, params), cta_reference(as_rgb_levels(x), params, shape),
+                           f'CTA ops on {kind}')
