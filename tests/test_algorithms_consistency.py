@@ -583,12 +583,15 @@ def test_adam_then_decoupled_weight_decay_by_hand():
 # ---------------------------------------------------------------------------------------------
 # Command lines and data.
 
-SCRIPTS = {'pi_model.py': ('Pi-model', '--consistency', '--warmup_kimg', '--wu', '--debiased', '--augment'),
-           'mean_teacher.py': ('Mean Teacher', '--consistency', '--warmup_kimg', '--wu', '--debiased', '--ema'),
+SCRIPTS = {'pi_model.py': ('Pi-model', '--consistency', '--warmup_kimg', '--wu', '--debiased', '--augment',
+                           '--joint_bn'),
+           'mean_teacher.py': ('Mean Teacher', '--consistency', '--warmup_kimg', '--wu', '--debiased', '--ema',
+                               '--joint_bn'),
            'vat.py': ('Virtual Adversarial Training', '--vat_eps', '--vat_xi', '--entmin_weight', '--debiased',
                       '--optimizer'),
-           'ict.py': ('Interpolation Consistency Training', '--beta', '--consistency', '--wu', '--debiased'),
-           'pseudo_label.py': ('Pseudo-Label', '--threshold', '--warmup_kimg', '--wu', '--debiased'),
+           'ict.py': ('Interpolation Consistency Training', '--beta', '--consistency', '--wu', '--debiased',
+                      '--joint_bn'),
+           'pseudo_label.py': ('Pseudo-Label', '--threshold', '--warmup_kimg', '--wu', '--debiased', '--joint_bn'),
            'fully_supervised.py': ('Supervised baselines', '--all_labels', '--sup_strong', '--augment')}
 BAD_VALUES = {'pi_model.py': '--consistency=cosine', 'mean_teacher.py': '--consistency=l2',
               'vat.py': '--optimizer=rmsprop', 'ict.py': '--consistency=hinge'}
@@ -636,15 +639,16 @@ RAMPED = dict(SHORT, warmup_kimg=2)  # full unlabeled weight from step 64 on
 
 
 @pytest.mark.parametrize('cls, settings, observed', [
-    pytest.param(fully_supervised.FullySupervised, SHORT, 65, id='fully_supervised'),
-    pytest.param(pi_model.PiModel, RAMPED, 67, id='pi_model'),
-    pytest.param(mean_teacher.MeanTeacher, RAMPED, 67, id='mean_teacher'),
-    pytest.param(vat.VAT, RAMPED, 67, id='vat'),
-    pytest.param(ict.ICT, RAMPED, 61, id='ict'),
-    pytest.param(pseudo_label.PseudoLabel, RAMPED, 67, id='pseudo_label'),
+    pytest.param(fully_supervised.FullySupervised, SHORT, 64.8, id='fully_supervised'),
+    pytest.param(pi_model.PiModel, RAMPED, 65.3, id='pi_model'),
+    pytest.param(mean_teacher.MeanTeacher, RAMPED, 64.2, id='mean_teacher'),
+    pytest.param(vat.VAT, RAMPED, 67.3, id='vat'),
+    pytest.param(ict.ICT, RAMPED, 67.3, id='ict'),
+    pytest.param(pseudo_label.PseudoLabel, RAMPED, 64.1, id='pseudo_label'),
 ])
 def test_short_fashion_mnist_run_learns(fashion_mnist, tmp_path, cls, settings, observed):
-    # `observed`: the EMA test accuracy (%) this run reached when the test was written; chance is 10%
+    # `observed`: the EMA test accuracy (%) this run reached with the reference's batch norm, optimizers and
+    # defaults (measured on 2 CPU cores; chance is 10%); the run must come within 5 points of it
     result = cls.run(train_dir=str(tmp_path), **settings)
     assert result['step'] == 192
-    assert result['accuracy'] > 40, (cls.__name__, result['accuracy'], observed)
+    assert result['accuracy'] > observed - 5, (cls.__name__, result['accuracy'], observed)
