@@ -4,17 +4,67 @@ directory's name and in the resume check.
 Each setting is a `Param(default, help)`. `local=` gives its value under `--local`, the one
 switch for a small run on a CPU; an explicit flag or keyword always wins. Settings with
 `identity=False` (where to write, how often to report) do not change what is trained: they are
-left out of the run directory's name and may differ when a run resumes.
+left out of the run directory's name and may differ when a run resumes. `check=` is the rule a
+value must follow (`at_least(1)`, `in_range(0, 1, low_open=True)`, or any callable returning
+whether a value is valid, or raising UserError with its own message); `resolve` applies it to
+flags and keyword arguments alike, before anything is written.
 """
 import dataclasses
+import math
+import numbers
 import sys
-from typing import Any
+from typing import Any, Callable, Optional
 
+import numpy as np
 from absl import flags
 
 from libml import utils
 
 UNSET = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """low <= value <= high (< with low_open / high_open); None = unbounded. Values must be finite."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __call__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = format_value(self.low), format_value(self.high)
+        if self.high is None:
+            return f'{">" if self.low_open else ">="} {low}'
+        if self.low is None:
+            return f'{"<" if self.high_open else "<="} {high}'
+        return f'in {"(" if self.low_open else "["}{low}, {high}{")" if self.high_open else "]"}'
+
+
+def at_least(low: float) -> Range:
+    """value >= low."""
+    return Range(low)
+
+
+def above(low: float) -> Range:
+    """value > low (e.g. above(0): strictly positive)."""
+    return Range(low, low_open=True)
+
+
+def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Range:
+    """low <= value <= high; `low_open` / `high_open` make that end strict."""
+    return Range(low, high, low_open, high_open)
+
+
+def non_empty(value) -> bool:
+    """must not be empty"""
+    return bool(str(value).strip())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +74,7 @@ class Param:
     identity: bool = True
     local: Any = UNSET
     choices: tuple = ()
+    check: Optional[Callable[[Any], bool]] = None
 
     def default_for(self, local):
         return self.local if local and self.local is not UNSET else self.default
@@ -45,6 +96,8 @@ def define_flags(params):
         if name in flags.FLAGS:
             continue
         text = p.help + (f' [--local: {p.local}]' if p.local is not UNSET else '')
+        if isinstance(p.check, Range):
+            text += f' (must be {p.check})'
         where = dict(module_name=sys.argv[0])  # listed by --help of the entry script
         if p.choices:
             flags.DEFINE_enum(name, p.default, list(p.choices), text, **where)
@@ -65,19 +118,62 @@ def from_flags(params):
     return resolve(params, given)
 
 
+def convert(name: str, p: Param, value):
+    """`value` as the type of p.default (bool, int, float or str); UserError when it is not one."""
+    kind = type(p.default)
+    if value is None or p.default is None:
+        return value
+    if kind is bool:
+        if isinstance(value, (bool, np.bool_, numbers.Integral)) and value in (0, 1):
+            return bool(value)
+        raise utils.UserError(f'--{name}={value!r} is not a boolean; use --{name} or --no{name} (True or False)')
+    if kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise utils.UserError(f'--{name}={value!r} is not an integer; give a whole number, e.g. --{name}={p.default}')
+    if kind is float:
+        if isinstance(value, (numbers.Real, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise utils.UserError(f'--{name}={value!r} is not a number; e.g. --{name}={p.default:g}')
+    return str(value) if kind is str else value
+
+
+def check_value(name: str, p: Param, value) -> None:
+    """UserError naming the flag, the value and the allowed values when `value` breaks p's rule."""
+    if p.choices and value not in p.choices:
+        raise utils.UserError(f'--{name}={value!r} is not one of {", ".join(map(str, p.choices))}')
+    if p.check is None or value is None:
+        return
+    if isinstance(p.check, Range):
+        if not p.check(value):
+            raise utils.UserError(f'--{name}={format_value(value)} is out of range: --{name} must be {p.check}')
+    elif not p.check(value):  # a callable may also raise UserError with its own message
+        rule = getattr(p.check, '__doc__', None) or getattr(p.check, '__name__', 'the rule')
+        raise utils.UserError(f'--{name}={value!r} is not allowed ({rule.strip().splitlines()[0]})')
+
+
 def resolve(params, given):
-    """Settings from explicit values `given` (a dict) and the defaults; unknown names are an error."""
+    """Settings from explicit values `given` (a dict) and the defaults; unknown names, values of the
+    wrong type and values breaking a Param's `check` are a UserError naming the setting."""
     unknown = sorted(set(given) - set(params))
     if unknown:
         raise utils.UserError(f'unknown setting(s) {", ".join(unknown)}; known: {", ".join(sorted(params))}')
     local = bool(given.get('local', params['local'].default if 'local' in params else False))
     out = Settings()
     for name, p in params.items():
-        value = given[name] if name in given else p.default_for(local)
-        if p.choices and value not in p.choices:
-            raise utils.UserError(f'--{name}={value!r} is not one of {", ".join(map(str, p.choices))}')
-        out[name] = type(p.default)(value) if isinstance(p.default, (int, float)) and not isinstance(
-            p.default, bool) and value is not None else value
+        value = convert(name, p, given[name] if name in given else p.default_for(local))
+        check_value(name, p, value)
+        out[name] = value
     return out
 
 

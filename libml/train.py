@@ -34,42 +34,45 @@ from libml import stats
 from libml import step as step_lib
 from libml import utils
 from libml import views
-from libml.settings import Param
+from libml.settings import Param, above, at_least, in_range, non_empty
 
 COMMON_PARAMS = dict(
     dataset=Param('cifar10.3@250-1', 'Training data: target.seed@size-valid, e.g. cifar10.1@40-1, '
                   'cifar10_LT_20.1@20-1, fashion_mnist.1@40-1.', identity=False),
     train_dir=Param('./experiments', 'Folder of the runs: <train_dir>/<dataset>/<algorithm_settings>/.',
-                    identity=False),
+                    identity=False, check=non_empty),
     local=Param(False, 'One switch for a small run on a CPU: a narrow, shallow WRN and a short schedule '
                 '(the paper settings stay the defaults).'),
     arch=Param('wrn', 'Model architecture.', choices=('wrn', 'resnet18', 'cnn13')),
-    filters=Param(32, 'WRN width: stage s has filters << s channels (32 = WRN-28-2, 128 = WRN-28-8).', local=16),
-    scales=Param(0, 'WRN stages; 0 = ceil(log2(image width)) - 2 (3 at 32 px, 5 at 96 px).'),
-    repeat=Param(4, 'Residual blocks per WRN stage (4 = WRN-28).', local=2),
-    bn_momentum=Param(0.999, 'Decay of the batch-norm moving statistics used at evaluation.', local=0.99),
+    filters=Param(32, 'WRN width: stage s has filters << s channels (32 = WRN-28-2, 128 = WRN-28-8).', local=16,
+                  check=at_least(1)),
+    scales=Param(0, 'WRN stages; 0 = ceil(log2(image width)) - 2 (3 at 32 px, 5 at 96 px).', check=at_least(0)),
+    repeat=Param(4, 'Residual blocks per WRN stage (4 = WRN-28).', local=2, check=at_least(1)),
+    bn_momentum=Param(0.999, 'Decay of the batch-norm moving statistics used at evaluation.', local=0.99,
+                      check=in_range(0, 1, high_open=True)),
     sync_bn=Param(False, 'Batch-norm statistics over the whole global batch (all replicas) instead of per replica.'),
-    batch=Param(64, 'Labeled images per step, over all devices.', local=32),
-    lr=Param(0.03, 'Learning rate at the start (see --lr_schedule).'),
+    batch=Param(64, 'Labeled images per step, over all devices.', local=32, check=at_least(1)),
+    lr=Param(0.03, 'Learning rate at the start (see --lr_schedule).', check=above(0)),
     lr_schedule=Param('cosine', 'Learning rate after a fraction t/T of training: cosine lr*cos(7 pi/16 t/T), '
                       'constant lr, linear lr*(1 - t/T).', choices=('cosine', 'constant', 'linear')),
     optimizer=Param('sgd', 'sgd: SGD with Nesterov momentum 0.9 and L2 weight decay in the loss; adam: Adam with '
                     'decoupled weight decay w <- w - lr*wd*w on the kernels.', choices=('sgd', 'adam')),
     wd=Param(5e-4, 'Weight decay on conv and dense kernels: sgd adds wd * sum(w^2)/2 to the loss, adam decays '
-             'w by lr*wd*w each step.'),
+             'w by lr*wd*w each step.', check=at_least(0)),
     ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).',
-              local=0.99),
-    seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.'),
+              local=0.99, check=in_range(0, 1, high_open=True)),
+    seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.', check=in_range(0, 2**32 - 1)),
     train_kimg=Param(float(1 << 16), 'Training length in thousands of labeled images (1<<16 kimg = 2^20 steps of 64).',
-                     local=30.),
+                     local=30., check=above(0)),
     report_kimg=Param(64., 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
-                      identity=False, local=2.),
-    save_kimg=Param(64., 'Save a checkpoint every this many kimg.', identity=False, local=2.),
-    keep_ckpt=Param(10, 'Number of checkpoints kept.', identity=False),
+                      identity=False, local=2., check=above(0)),
+    save_kimg=Param(64., 'Save a checkpoint every this many kimg.', identity=False, local=2., check=above(0)),
+    keep_ckpt=Param(10, 'Number of checkpoints kept.', identity=False, check=at_least(1)),
     devicenum=Param(0, 'Number of devices to train on (0 = all visible GPUs; one CPU without GPU).',
-                    identity=False),
-    steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False),
-    eval_batch=Param(500, 'Images per evaluation batch.', identity=False),
+                    identity=False, check=at_least(0)),
+    steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False,
+                         check=at_least(1)),
+    eval_batch=Param(500, 'Images per evaluation batch.', identity=False, check=at_least(1)),
     precision=Param('float32', 'Compute precision: mixed_float16 or mixed_bfloat16 run the layers in 16 bits, with '
                     'float32 variables, logits, softmax and losses (float16 with dynamic loss scaling).',
                     choices=('float32', 'mixed_float16', 'mixed_bfloat16')),
@@ -78,9 +81,11 @@ COMMON_PARAMS = dict(
     deterministic=Param(False, 'Deterministic ops, and CTAugment strong views made in the training step from the '
                         'current rates (not ahead in the input pipeline): the same run gives the same weights.',
                         identity=False),
-    cta_depth=Param(2, 'CTAugment: operations per policy.'),
-    cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.'),
-    cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.'),
+    cta_depth=Param(2, 'CTAugment: operations per policy.', check=at_least(1)),
+    cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.',
+                 check=in_range(0, 1)),
+    cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.',
+                    check=in_range(0, 1, low_open=True, high_open=True)),
 )
 
 
@@ -197,12 +202,15 @@ class Trainer:
         self.is_chief = devices.is_chief(self.strategy)
         self.data = algorithm_cls.adapt_data(data.load(settings.dataset), settings)
         self.run_dir = rundir.run_dir(settings, self.params, algorithm_cls.__name__, str(self.data.name))
-        rundir.check_settings(self.run_dir, self.params, settings, algorithm_cls.__name__, write=self.is_chief)
+        rundir.check_settings(self.run_dir, self.params, settings, algorithm_cls.__name__)  # reads only
         replicas = self.strategy.num_replicas_in_sync
         if settings.batch % replicas:
             raise utils.UserError(f'--batch={settings.batch} does not split evenly over {replicas} devices; '
                                   f'use a multiple of {replicas}')
         self.steps_total = self.kimg_to_steps(settings.train_kimg)
+        if self.steps_total < 1:
+            raise utils.UserError(f'--train_kimg={settings.train_kimg:g} is less than one step of --batch='
+                                  f'{settings.batch} ({settings.batch / 1024:g} kimg); train longer')
         self.steps_report = max(1, self.kimg_to_steps(settings.report_kimg))
         self.steps_save = max(1, self.kimg_to_steps(settings.save_kimg))
         keras.utils.set_random_seed(settings.seed)
@@ -214,11 +222,12 @@ class Trainer:
         checkpoint = tf.train.Checkpoint(**self.build_state(algorithm_cls))
         self.checkpoint_dir = os.path.join(self.run_dir, 'tf')
         self.checkpoints = checkpoints.Checkpoints(checkpoint, self.checkpoint_dir, settings.keep_ckpt, self.is_chief)
-        self.writer = tf.summary.create_file_writer(self.checkpoint_dir) if self.is_chief \
-            else tf.summary.create_noop_writer()
+        self.writer = tf.summary.create_noop_writer()  # train() opens the events file after the restore
         self.build_views()
         self.step_fn = step_lib.Step(self)
         self.reporter = report.Reporter(self)
+        # Every check passed: only now is the run directory created, locked (chief) and args.json written.
+        self.lock = rundir.open_run(self.run_dir, settings, algorithm_cls.__name__, self.is_chief)
 
     def build_state(self, algorithm_cls) -> dict:
         """Creates (in the strategy scope) the model, step counters, algorithm, optimizer and EMA;
@@ -305,8 +314,28 @@ class Trainer:
                                    f'checkpoint ({last}) is kept; lower --lr or check the data before resuming')
 
     def train(self) -> dict:
-        """Trains to train_kimg (resuming if a checkpoint exists); returns the final metrics."""
-        start = self.restore()
+        """Trains to train_kimg (resuming if a checkpoint exists); returns the final metrics. The run
+        directory stays locked meanwhile; a full or read-only disk ends it with one UserError line."""
+        with rundir.disk_errors(self.run_dir):
+            if self.lock:
+                self.lock.acquire()
+            try:
+                return self.train_from(self.open_events(self.restore()))
+            finally:
+                if self.lock:
+                    self.lock.release()
+
+    def open_events(self, start: int) -> int:
+        """Drops the TensorBoard events after step `start` (written after the checkpoint resumed from:
+        each step shows once) and opens a new events file (chief). Returns `start`."""
+        self.writer.close()
+        if self.is_chief:
+            rundir.drop_events_after(rundir.event_files(self.checkpoint_dir), start)
+            self.writer = self.reporter.writer = tf.summary.create_file_writer(self.checkpoint_dir)
+        return start
+
+    def train_from(self, start: int) -> dict:
+        """The training loop from step `start` (restored) to train_kimg."""
         self.epochs = [e for e in stats.read_epochs(self.run_dir) if e['step'] <= start] \
             if os.path.exists(stats.epochs_path(self.run_dir)) else []  # later lines: a run killed before saving
         iterator = iter(self.train_dataset(start))
