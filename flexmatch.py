@@ -27,7 +27,7 @@ from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
 from libml import views  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, at_least, in_range  # noqa: E402
 
 
 def updated_selection(selected, index, label, chosen):
@@ -53,9 +53,10 @@ def learning_effect(selected, beta, nclass, warmup=True):
 
 class FlexMatch(train.Algorithm):
     params = dict(
-        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).'),
-        confidence=Param(0.95, 'Base threshold tau: thresholds tau * M(beta_c); images reaching tau are selected.'),
-        wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).'),
+        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).', check=at_least(1)),
+        confidence=Param(0.95, 'Base threshold tau: thresholds tau * M(beta_c); images reaching tau are selected.',
+                         check=in_range(0, 1, low_open=True)),
+        wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).', check=at_least(0)),
         warmup=Param(True, 'Threshold warm-up: the never-selected images count in the normalisation of beta.'),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
     )

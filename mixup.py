@@ -36,7 +36,7 @@ from libml import debias  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
-from libml.settings import Param  # noqa: E402
+from libml.settings import Param, above, at_least  # noqa: E402
 
 LABELED_STREAM, UNLABELED_STREAM = 1, 2  # step_seed salts of the labeled / unlabeled lambdas
 
@@ -44,8 +44,9 @@ LABELED_STREAM, UNLABELED_STREAM = 1, 2  # step_seed salts of the labeled / unla
 class MixUp(train.Algorithm):
     params = dict(
         uratio=cm.UNLABELED_RATIO,
-        wu=Param(1.0, 'Weight of the unlabeled MixUp term (the reference: 1, not ramped up); 0 = labeled images only.'),
-        beta=Param(0.5, 'MixUp lambda ~ Beta(beta, beta) per image, then max(lambda, 1 - lambda).'),
+        wu=Param(1.0, 'Weight of the unlabeled MixUp term (the reference: 1, not ramped up); 0 = labeled images only.',
+                 check=at_least(0)),
+        beta=Param(0.5, 'MixUp lambda ~ Beta(beta, beta) per image, then max(lambda, 1 - lambda).', check=above(0)),
         all_labels=Param(False, 'Train on every labeled training image (unlabeled pool minus validation) instead of '
                          'the labeled split (with --wu=0: the fully supervised fs_mixup.py).'),
         **cm.ADAM_SETUP,

@@ -22,13 +22,14 @@ from libml import debias
 from libml import keys
 from libml import losses
 from libml import train
-from libml.settings import Param
+from libml.settings import Param, at_least
 
 # Oliver et al. ramp the weight up over 200k of their 500k iterations: 0.4 of the schedule, here
 # 0.4 * 65536 kimg; --local: 0.4 * 30 kimg.
 WARMUP_KIMG = Param(0.4 * (1 << 16), 'The unlabeled weight grows linearly from 0 to --wu over this many kimg '
-                    '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=12.)
-UNLABELED_RATIO = Param(1, 'Unlabeled images per labeled image in a step.')
+                    '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=12.,
+                    check=at_least(0))
+UNLABELED_RATIO = Param(1, 'Unlabeled images per labeled image in a step.', check=at_least(1))
 # A plain labeled cross-entropy and a per-image unlabeled term: DeSSL, MNAR and CAP apply.
 LABEL_BIAS = debias.Support(labeled_term=True, unlabeled_term=True)
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from libml import utils
-from libml.settings import Param
+from libml.settings import Param, at_least
 
 MOMENTUM = 0.99                  # p_hat <- 0.99 p_hat + 0.01 mean_u softmax(weak view)
 MIN_LABELING_PROBABILITY = 1e-3  # guards 1 / phi_k when p_hat_k grows past n_lk / n
@@ -38,7 +38,7 @@ PARAMS = dict(
     cap_form=Param('released', 'released: -log p(y|x) - log w (as the released code; gradient unweighted); '
                    'ipw: w * -log p(y|x).', choices=('released', 'ipw')),
     CAI=Param(False, 'CADR class-aware imputation: per-class thresholds tau*(p_hat_k/max p_hat)^beta.'),
-    cai_beta=Param(0.5, 'Exponent beta of the CAI thresholds.'),
+    cai_beta=Param(0.5, 'Exponent beta of the CAI thresholds.', check=at_least(0)),
     CADR=Param(False, 'CADR doubly robust correction: subtract the CAP-weighted imputed term of the labeled batch '
                '(needs --CAP).'),
 )
