@@ -608,7 +608,8 @@ def test_command_lines_list_their_flags_and_refuse_bad_values(tmp_path):
         done.update({c: (p.wait(timeout=300), *p.communicate()) for c, p in running.items()})
     for script, (title, *names) in SCRIPTS.items():
         status, out, err = done[script, '--help']
-        assert out.splitlines()[0].startswith(title), (script, status, err[-2000:]) and f'python {script} --dataset=' in out
+        assert out.splitlines()[0].startswith(title) and f'python {script} --dataset=' in out, \
+            (script, status, err[-2000:])
         for name in names:
             assert f'{name}:' in out or f'--[no]{name[2:]}:' in out, (script, name)  # booleans: --[no]debiased
     for script, arg in BAD_VALUES.items():
