@@ -1,5 +1,5 @@
-"""MixMatch, ReMixMatch and UDA: losses on fixed logits against hand computations, their building
-blocks, DeSSL, flags, checkpointed state and a short Fashion-MNIST run of each that learns."""
+"""MixMatch, ReMixMatch, UDA and MixUp: losses on fixed logits against hand computations, their
+building blocks, DeSSL, flags, checkpointed state and a short Fashion-MNIST run of each that learns."""
 import os
 import re
 import subprocess
@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import mixmatch
+import mixup
 import remixmatch
 import uda
 import fakes
@@ -418,12 +419,77 @@ def test_debiased_uda_by_hand_and_complete_case():
 
 
 # ---------------------------------------------------------------------------------------------
+# MixUp (the reference's mixup.py and fully_supervised/fs_mixup.py).
+
+def reference_mix(values, lam):
+    """lam_i v_i + (1 - lam_i) v_{n-1-i}: the reference's per-image MixUp with the batch reversed."""
+    lam = lam.reshape([-1] + [1] * (values.ndim - 1))
+    return lam * values + (1 - lam) * values[::-1]
+
+
+def test_mixup_loss_by_hand():
+    rng = np.random.default_rng(12)
+    x, u = images(3, 30), images(4, 31)
+    labels = np.array([0, 2, 1])
+    mixed_x_logits, guess_logits, mixed_u_logits = (rng.normal(size=[n, 3]).astype(np.float32) for n in (3, 4, 4))
+    model = FakeModel(mixed_x_logits, guess_logits, mixed_u_logits)
+    loss, logs = mixup.MixUp(fake_trainer(mixup.MixUp, model, wu=1.0)).loss(dict(x=x, label=labels, u_weak=u), 9)
+    lam_x = losses.mixup_lambda(3, 0.5, losses.step_seed(0, 9, mixup.LABELED_STREAM)).numpy()
+    lam_u = losses.mixup_lambda(4, 0.5, losses.step_seed(0, 9, mixup.UNLABELED_STREAM)).numpy()
+    assert np.all(lam_x >= 0.5) and len(set(lam_x)) == 3
+    xe = soft_xe(reference_mix(onehot(labels, 3), lam_x), mixed_x_logits).mean()
+    xeu = soft_xe(reference_mix(softmax(guess_logits), lam_u), mixed_u_logits).mean()
+    assert float(logs['losses/xe']) == pytest.approx(xe, rel=1e-5)
+    assert float(logs['losses/xeu']) == pytest.approx(xeu, rel=1e-5)
+    assert float(loss) == pytest.approx(xe + xeu, rel=1e-5)
+    # the reference's passes: Mix(x) updates batch norm; the guess on u and Mix(u) run on their own and do not
+    (kind_x, seen_x, _), (kind_guess, seen_u, training_guess), (kind_u, seen_mixed_u, _) = model.calls
+    assert (kind_x, kind_guess, kind_u, training_guess) == ('call', 'stateless', 'stateless', True)
+    np.testing.assert_allclose(seen_x, reference_mix(x, lam_x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(seen_u, u)
+    np.testing.assert_allclose(seen_mixed_u, reference_mix(u, lam_u), rtol=1e-6, atol=1e-6)
+
+
+def test_mixup_of_labeled_images_only_and_its_settings():
+    model = FakeModel(np.zeros([3, 3], np.float32))
+    algorithm = mixup.MixUp(fake_trainer(mixup.MixUp, model, wu=0.0))
+    assert algorithm.views() == ({'x': 'd'}, {})  # --wu=0: no unlabeled views
+    loss, logs = algorithm.loss(dict(x=images(3, 32), label=np.array([0, 1, 2])), 0)
+    assert float(loss) == pytest.approx(np.log(3), rel=1e-6) and set(logs) == {'losses/xe'} and len(model.calls) == 1
+    s = settings_lib.resolve(mixup.MixUp.all_params(), {})
+    assert (s.optimizer, s.lr, s.lr_schedule, s.wd, s.beta, s.wu, s.uratio) == ('adam', 0.002, 'constant', 0.02, 0.5,
+                                                                                 1.0, 1)
+    every = types.SimpleNamespace(with_all_labels=lambda: 'every label')
+    assert mixup.MixUp.adapt_data(every, settings_lib.resolve(mixup.MixUp.all_params(), dict(all_labels=True))) \
+        == 'every label'
+    assert mixup.MixUp.adapt_data(every, s) is every
+
+
+def test_mixup_batch_norm_statistics_come_from_the_mixed_labeled_batch():
+    inputs = keras.Input((2, 2, 1))
+    normed = keras.layers.BatchNormalization(momentum=0.0, center=False, scale=False, name='bn')(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(normed)))
+    x, u = images(3, 33), images(4, 34) + 3
+    mixup.MixUp(fake_trainer(mixup.MixUp, model)).loss(dict(x=x, label=np.array([0, 1, 2]), u_weak=u), 5)
+    lam_x = losses.mixup_lambda(3, 0.5, losses.step_seed(0, 5, mixup.LABELED_STREAM)).numpy()
+    np.testing.assert_allclose(model.get_layer('bn').moving_mean.numpy(), [reference_mix(x, lam_x).mean()], rtol=1e-5)
+
+
+def test_remixmatch_without_ctaugment_views():
+    # the reference's remixmatch_no_cta.py: weak views only
+    views = remixmatch.ReMixMatch(fake_trainer(remixmatch.ReMixMatch, None, K=2, augment='d.d.d')).views()
+    assert views == ({'x': 'd'}, {'u_weak': 'd', 'u_strong0': 'd', 'u_strong1': 'd'})
+
+
+# ---------------------------------------------------------------------------------------------
 # Command lines.
 
-FLAGS = {'mixmatch.py': ('nu', 'T', 'beta', 'consistency', 'warmup_kimg', 'wu', 'uratio', 'debiased'),
+FLAGS = {'mixmatch.py': ('nu', 'T', 'beta', 'consistency', 'warmup_kimg', 'wu', 'uratio', 'debiased', 'joint_bn'),
          'remixmatch.py': ('K', 'wu', 'w_kl', 'w_rot', 'warmup_kimg', 'T', 'beta', 'uratio', 'debiased'),
-         'uda.py': ('T', 'confidence', 'we', 'wu', 'uratio', 'debiased')}
-BAD_VALUES = {'mixmatch.py': '--consistency=foo', 'remixmatch.py': '--K=many', 'uda.py': '--T=hot'}
+         'uda.py': ('T', 'confidence', 'we', 'wu', 'uratio', 'debiased'),
+         'mixup.py': ('beta', 'wu', 'all_labels', 'uratio', 'optimizer')}
+BAD_VALUES = {'mixmatch.py': '--consistency=foo', 'remixmatch.py': '--K=many', 'uda.py': '--T=hot',
+              'mixup.py': '--beta=wide'}
 
 
 def test_command_lines_list_their_flags_and_refuse_bad_values(tmp_path):
@@ -463,7 +529,8 @@ def test_short_mixmatch_run_learns(fashion_mnist_root, tmp_path):
     result = short_run(mixmatch.MixMatch, fashion_mnist_root, tmp_path, wu=10.0, warmup_kimg=4.0,
                        train_kimg=6.25, report_kimg=6.25, save_kimg=6.25)
     assert result['step'] == 200
-    assert result['accuracy'] > 40, result  # chance is 10%; 63% here
+    # chance is 10%; 53.7% measured with the reference's one guess pass per view (63% with one joint pass)
+    assert result['accuracy'] > 53.7 - 5, result
 
 
 REMIXMATCH_SHORT = dict(K=2, warmup_kimg=4.0, train_kimg=5, report_kimg=5, save_kimg=5)
@@ -477,7 +544,9 @@ def remixmatch_run(fashion_mnist_root, tmp_path_factory):
 
 def test_short_remixmatch_run_learns(remixmatch_run):
     result, _ = remixmatch_run
-    assert result['accuracy'] > 40, result  # chance is 10%; 52% here
+    # chance is 10%; 33.3% measured with the reference's CTA pool (ctap.d.ctap: labeled images under a policy too;
+    # 52% with weak labeled views, d.d.cta)
+    assert result['accuracy'] > 33.3 - 5, result
 
 
 def test_remixmatch_checkpoint_holds_alignment_statistics_and_rotation_head(remixmatch_run, fashion_mnist):
@@ -503,4 +572,12 @@ def test_remixmatch_checkpoint_holds_alignment_statistics_and_rotation_head(remi
 def test_short_uda_run_learns(fashion_mnist_root, tmp_path):
     result = short_run(uda.UDA, fashion_mnist_root, tmp_path, uratio=1, train_kimg=6.25, report_kimg=6.25,
                        save_kimg=6.25)
-    assert result['accuracy'] > 40, result  # chance is 10%; 55% here
+    assert result['accuracy'] > 49.2 - 5, result  # chance is 10%; 49.2% measured (the reference's T = 1)
+
+
+def test_short_mixup_run_learns(fashion_mnist, tmp_path):
+    # the reference's Adam setup (0.002, wd 0.02), 192 steps of 32 labeled + 32 unlabeled images
+    result = mixup.MixUp.run(train_dir=str(tmp_path), dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32,
+                             ema=0.9, bn_momentum=0.9, train_kimg=6, report_kimg=6, save_kimg=6)
+    assert result['step'] == 192
+    assert result['accuracy'] > 66.3 - 5, result  # chance is 10%; 66.3% measured
