@@ -78,8 +78,10 @@ def _rows(vector, rank=4):
 
 
 def select(condition, a, b):
-    """a where condition else b, as b + m (a - b): exact on whole levels, several times faster than tf.where."""
-    return b + tf.cast(condition, tf.float32) * (a - b)
+    """a where condition else b, as b (1 - m) + a m: exact for finite values, several times faster than
+    tf.where; the products with m stay at the shape of the condition (often (N, H, W, 1)) for a scalar a."""
+    mask = tf.cast(condition, tf.float32)
+    return b * (1.0 - mask) + a * mask
 
 
 def blend(a, b, weight):
@@ -282,9 +284,9 @@ def apply_step(x, alpha, op, value, value2, centre, used=OPS, xla=False):
     """Engine op OPS[op[i]] on image i with its parameters; returns (x, alpha) (alpha None: no alpha).
     `used`: the op names that may occur (static).
 
-    xla=False: images are partitioned by op group (tf.dynamic_partition), each group computed on its own
-    images only, results stitched back. xla=True: every group on every image, selected per image
-    (static shapes, XLA-compilable). Both give identical results.
+    xla=False: images are partitioned by op group (tf.dynamic_partition of the row indices), each group
+    computed on its own images only and written back with tensor_scatter_nd_update. xla=True: every group
+    on every image, selected per image (static shapes, XLA-compilable). Both give identical results.
     """
     groups = _groups(used, xla)
     if not groups:
@@ -304,22 +306,22 @@ def apply_step(x, alpha, op, value, value2, centre, used=OPS, xla=False):
             out_x = select(chosen, y, out_x)
             out_alpha = None if alpha is None else select(chosen, y_alpha, out_alpha)
         return out_x, out_alpha
-    count = len(groups) + 1
-    parts = tf.dynamic_partition(tf.range(tf.shape(x)[0]), group, count)
+    rows = tf.range(tf.shape(x)[0])
+    parts = tf.dynamic_partition(rows, group, len(groups) + 1)[:-1]  # the pass-through rows are not gathered
     packed = tf.concat([tf.stack([tf.cast(op, tf.float64), value, value2], 1), tf.cast(centre, tf.float64)], 1)
-    xs, ps = [tf.gather(x, idx) for idx in parts], [tf.gather(packed, idx) for idx in parts]
-    alphas = [tf.gather(alpha, idx) for idx in parts] if alpha is not None else [None] * count
-    for g, names in enumerate(groups):
-        p = ps[g]
-        xs[g], alphas[g] = _apply_family(FAMILY_OF[names[0]], xs[g], alphas[g], tf.cast(p[:, 0], tf.int32), p[:, 1],
-                                         p[:, 2], tf.cast(p[:, 3:], tf.int32), names)
-    out = tf.dynamic_stitch(parts, xs)
-    out.set_shape(x.shape)
+    xs, alphas = [], []
+    for names, idx in zip(groups, parts):
+        p = tf.gather(packed, idx)
+        part_alpha = None if alpha is None else tf.gather(alpha, idx)
+        y, y_alpha = _apply_family(FAMILY_OF[names[0]], tf.gather(x, idx), part_alpha, tf.cast(p[:, 0], tf.int32),
+                                   p[:, 1], p[:, 2], tf.cast(p[:, 3:], tf.int32), names)
+        xs.append(y)
+        alphas.append(y_alpha)
+    changed = tf.concat(parts, 0)[:, None]  # each row at most once: x with the groups' rows replaced
+    out = tf.tensor_scatter_nd_update(x, changed, tf.concat(xs, 0))
     if alpha is None:
         return out, None
-    out_alpha = tf.dynamic_stitch(parts, alphas)
-    out_alpha.set_shape(alpha.shape)
-    return out, out_alpha
+    return out, tf.tensor_scatter_nd_update(alpha, changed, tf.concat(alphas, 0))
 
 
 def apply_program(x, program, used=OPS, alpha=None, xla=False):

@@ -142,20 +142,20 @@ class View:
             images = geometry.weak(images, params['flip'], params['offset'], self._weak_args()[1])
         if self.strong == 'cta':
             return self.cta.apply(images, params, xla)
-        if self.strong:
-            if self.strong == 'ra':
-                program, used = policies.randaugment_program(params, height, width), RA_OPS
-            else:
-                program = policies.autoaugment_program(params, height, width, self.group)
-                used = policies.aa_ops(self.group)
-            levels = augment.to_levels(images)
-            levels, alpha = augment.apply_program(levels, program, used, tf.fill(tf.shape(levels[..., :1]), 255.0), xla)
-            images = augment.from_levels(levels, alpha, xla)
-        if self.cutout_side > 0:
+        if not self.strong:
+            return tf.identity(images)
+        if self.strong == 'ra':
+            program, used = policies.randaugment_program(params, height, width), RA_OPS
+        else:
+            program = policies.autoaugment_program(params, height, width, self.group)
+            used = policies.aa_ops(self.group)
+        levels = augment.to_levels(images)
+        levels, alpha = augment.apply_program(levels, program, used, tf.fill(tf.shape(levels[..., :1]), 255.0), xla)
+        grey = alpha == 0.0  # the reference's unwrap: transparent pixels are 0 in [-1, 1]
+        if self.cutout_side > 0:  # then cutout_numpy: 0 in [-1, 1] too
             centre = geometry.centre_pixels(params['cutout'], height, width)
-            side = tf.fill(tf.shape(centre)[:1], self.cutout_side)
-            images = augment.select(geometry.square_mask(height, width, centre, side), 0.5, images)
-        return tf.identity(images)
+            grey |= geometry.square_mask(height, width, centre, tf.fill(tf.shape(centre)[:1], self.cutout_side))
+        return augment.from_levels(augment.select(grey, 127.5, levels), xla=xla)
 
 
 def make_view(code: str, info, cta=None) -> View:
