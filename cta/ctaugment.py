@@ -94,14 +94,14 @@ class Policy(NamedTuple):
     seed: tf.Tensor
 
 
-def update_bins(ops, levels):
+def update_bins(ops, levels) -> tf.Tensor:
     """The reference's bin of each level for the rate update: int(level * nbins * 0.999); -1 where absent."""
     nbins = tf.gather(tf.constant(OP_NBINS), ops)
     bins = tf.cast(tf.floor(tf.cast(levels, tf.float64) * tf.cast(nbins, tf.float64) * 0.999), tf.int32)
     return tf.where(nbins > 0, bins, -1)
 
 
-def program(ops, levels, centre, height, width):
+def program(ops, levels, centre, height: int, width: int) -> dict:
     """Engine program (libml.augment) of CTA ops (N, D) at levels (N, D, 2) float64."""
     level, level2 = tf.cast(levels[..., 0], tf.float64), tf.cast(levels[..., 1], tf.float64)
     signed = geometry.rounded((2.0 * level - 1.0) * 0.3)
@@ -131,7 +131,7 @@ def program(ops, levels, centre, height, width):
     return {'op': tf.gather(tf.constant(ENGINE_IDS), ops), 'value': value, 'value2': value2, 'centre': centre}
 
 
-def proximity(probs, labels):
+def proximity(probs, labels) -> tf.Tensor:
     """1 - 0.5 * sum_k |probs_k - onehot(label)_k| per row: 1 = certain and right, 0 = certain and wrong."""
     probs = tf.convert_to_tensor(probs, tf.float32)
     onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(probs)[-1], dtype=tf.float32)
@@ -172,7 +172,7 @@ class CTAugment(tf.Module):
         ops = augment.uniform(op_seed, [n, self.depth], tf.int32, 0, len(OPS))
         return ops, augment.uniform(centre_seed, [n, self.depth, 2]), level_seed, bin_seed
 
-    def sample_training(self, n, seed, cutout=False):
+    def sample_training(self, n, seed, cutout: bool = False) -> dict:
         """Training policy of n images: `depth` ops uniform per image; each parameter's bin drawn with
         probability p / sum(p) over its bins (inverse CDF of a uniform); level = (bin + U(0, 1)) / nbins.
         With `cutout`, also 'cutout' (n, 2): centre fractions of a final cutout at level 1 (FixMatch)."""
@@ -197,14 +197,14 @@ class CTAugment(tf.Module):
             params['cutout'] = augment.uniform(augment.split_seed(seed, 5)[4], [n, 2])
         return params
 
-    def sample_random(self, n, seed):
+    def sample_random(self, n, seed) -> dict:
         """Probe policy of n images: `depth` ops uniform per image, levels uniform in [0, 1)."""
         ops, centre, level_seed, _ = self._ops_and_centres(n, seed)
         nbins = tf.gather(tf.constant(OP_NBINS), ops)
         levels = tf.where(nbins > 0, augment.uniform(level_seed, [n, self.depth, MAX_PARAMS]), 0.0)
         return {'ops': ops, 'levels': levels, 'bins': update_bins(ops, levels), 'centre': centre}
 
-    def apply(self, images, params, xla=False):
+    def apply(self, images, params, xla: bool = False) -> tf.Tensor:
         """The policy of `params` (and its final cutout when params has 'cutout') on [0, 1] images (N, H, W, C);
         an old-style Policy is accepted too."""
         if isinstance(params, Policy):
@@ -218,7 +218,7 @@ class CTAugment(tf.Module):
             levels = augment.select(mask, augment.CUTOUT_FILL, levels)
         return augment.from_levels(levels, xla=xla)
 
-    def update(self, ops, bins, proximity=None):
+    def update(self, ops, bins, proximity=None) -> tf.Tensor:
         """rate[bin] = decay * rate[bin] + (1 - decay) * proximity, for every probe image in order and every
         (step, parameter) it used (bins >= 0), exactly as the sequential loop. Also update(policy, proximity).
 

@@ -41,7 +41,7 @@ RGB_CONVERTING = ('autocontrast', 'equalize', 'invert', 'posterize', 'solarize')
 CUTOUT_FILL = 127.0
 
 
-def uniform(seed, shape, dtype=tf.float64, minval=0, maxval=None):
+def uniform(seed, shape, dtype=tf.float64, minval=0, maxval=None) -> tf.Tensor:
     """Stateless Philox uniform numbers: [minval, maxval) ints, or [0, 1) floats k 2^-53 (float64) / k 2^-24
     (float32) from uniform integers k (TensorFlow's float draws differ under XLA; its integer draws do not)."""
     if dtype.is_integer:
@@ -51,17 +51,17 @@ def uniform(seed, shape, dtype=tf.float64, minval=0, maxval=None):
     return tf.cast(tf.cast(k, tf.float64) * 2.0 ** -bits, dtype)
 
 
-def split_seed(seed, num):
+def split_seed(seed, num: int) -> list:
     """`num` independent stateless seeds (each shape [2]) derived from `seed`."""
     return tf.unstack(tf.random.experimental.stateless_split(seed, num, alg='philox'))
 
 
-def to_levels(images):
+def to_levels(images) -> tf.Tensor:
     """[0, 1] float images -> float32 whole levels round(255 x)."""
     return tf.clip_by_value(tf.round(tf.cast(images, tf.float32) * 255.0), 0.0, 255.0)
 
 
-def from_levels(levels, alpha=None, xla=False):
+def from_levels(levels, alpha=None, xla: bool = False) -> tf.Tensor:
     """Levels -> [0, 1] float32 level / 255; with an alpha, alpha-0 pixels become 0.5 (grey: the reference's
     0 in [-1, 1]). Under XLA (which would turn the division into an inexact product) as
     float32(level * double(1/255)), equal for every level."""
@@ -77,14 +77,14 @@ def _rows(vector, rank=4):
     return tf.reshape(vector, [-1] + [1] * (rank - 1))
 
 
-def select(condition, a, b):
+def select(condition, a, b) -> tf.Tensor:
     """a where condition else b, as b (1 - m) + a m: exact for finite values, several times faster than
     tf.where; the products with m stay at the shape of the condition (often (N, H, W, 1)) for a scalar a."""
     mask = tf.cast(condition, tf.float32)
     return b * (1.0 - mask) + a * mask
 
 
-def blend(a, b, weight):
+def blend(a, b, weight) -> tf.Tensor:
     """PIL Image.blend: trunc(a + f32(w) (b - a)) in float32, clipped to 0..255. `weight` is float64 (N,)
     or broadcastable; geometry.rounded keeps XLA from fusing the product and the sum into one FMA."""
     weight = tf.cast(weight, tf.float32)
@@ -92,7 +92,7 @@ def blend(a, b, weight):
     return tf.clip_by_value(tf.floor(a + geometry.rounded(weight * (b - a))), 0.0, 255.0)
 
 
-def luma(colour):
+def luma(colour: tf.Tensor) -> tf.Tensor:
     """PIL convert('L'): (19595 R + 38470 G + 7471 B + 2^15) >> 16 as (N, H, W, 1) (exact in float32);
     grey images as they are."""
     if colour.shape[-1] == 1:
@@ -101,7 +101,7 @@ def luma(colour):
     return tf.floor(total * (1.0 / 65536.0))
 
 
-def mean_level(colour):
+def mean_level(colour: tf.Tensor) -> tf.Tensor:
     """(N,) int(mean(L) + 0.5) of the grey image, as floor((2 sum + count) / (2 count)) on integers."""
     height, width = colour.shape[1:3]
     total = tf.cast(tf.reduce_sum(luma(colour), axis=[1, 2, 3]), tf.int32)
@@ -111,7 +111,7 @@ def mean_level(colour):
 # ------------------------------------------------------------------------------------------------
 # Tone ops (per channel, pixel by pixel)
 
-def autocontrast_lut(colour):
+def autocontrast_lut(colour: tf.Tensor) -> tf.Tensor:
     """ImageOps.autocontrast tables (N, C, 256): int(v * s + o), s = 255 / (hi - lo), o = -lo * s (doubles)
     per image and channel, clipped; the identity when hi <= lo."""
     lo = tf.cast(tf.reduce_min(colour, axis=[1, 2]), tf.float64)[..., None]
@@ -122,7 +122,7 @@ def autocontrast_lut(colour):
     return tf.cast(tf.where(hi > lo, tf.clip_by_value(lut, 0.0, 255.0), ramp), tf.float32)
 
 
-def equalize_lut(colour, xla=False):
+def equalize_lut(colour: tf.Tensor, xla: bool = False) -> tf.Tensor:
     """ImageOps.equalize tables (N, C, 256): lut[v] = min(255, (step // 2 + #{pixels < v}) // step),
     step = (H W - #{pixels at the top level}) // 255; the identity when step = 0. The histograms come from
     bincount, or unsorted_segment_sum under XLA (the same counts)."""
@@ -147,18 +147,18 @@ def _lut_index(colour):
     return (tf.range(n)[:, None, None, None] * channels + tf.range(channels)) * 256 + tf.cast(colour, tf.int32)
 
 
-def apply_lut(colour, lut):
+def apply_lut(colour: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
     """colour[n, y, x, c] -> lut[n, c, colour[n, y, x, c]] (one gather)."""
     return tf.gather(tf.reshape(lut, [-1]), _lut_index(colour))
 
 
-def posterize(colour, bits):
+def posterize(colour: tf.Tensor, bits) -> tf.Tensor:
     """ImageOps.posterize: keeps the top `bits` (N,) bits of each level (0 bits: black)."""
     quantum = _rows(tf.pow(2.0, 8.0 - tf.clip_by_value(tf.cast(bits, tf.float32), 0.0, 8.0)))
     return tf.floor(colour / quantum) * quantum  # exact: quantum is a power of two
 
 
-def solarize(colour, threshold):
+def solarize(colour: tf.Tensor, threshold) -> tf.Tensor:
     """ImageOps.solarize: levels >= threshold (N,) become 255 - v."""
     return select(colour >= _rows(tf.cast(threshold, tf.float32)), 255.0 - colour, colour)
 
@@ -210,12 +210,12 @@ def _kernel_filter(x, radius, scale):
     return tf.concat([x[:, :r], middle, x[:, -r:]], axis=1)
 
 
-def smooth(colour):
+def smooth(colour: tf.Tensor) -> tf.Tensor:
     """ImageFilter.SMOOTH."""
     return _kernel_filter(colour, 1, 13)
 
 
-def blur(colour):
+def blur(colour: tf.Tensor) -> tf.Tensor:
     """ImageFilter.BLUR."""
     return _kernel_filter(colour, 2, 16)
 
@@ -233,7 +233,7 @@ def _filter_family(colour, op, value, names):
     return blend(select(sharp, smoothed, colour), select(sharp, colour, filtered), value)
 
 
-def color(colour, factor):
+def color(colour: tf.Tensor, factor) -> tf.Tensor:
     """ImageEnhance.Color: blend(L, x, factor); the identity on grey images."""
     return blend(luma(colour), colour, factor)
 
@@ -280,7 +280,7 @@ def _groups(used, xla):
     return [(n,) for n in used if FAMILY_OF[n] != 'affine'] + ([affine] if affine else [])
 
 
-def apply_step(x, alpha, op, value, value2, centre, used=OPS, xla=False):
+def apply_step(x, alpha, op, value, value2, centre, used=OPS, xla: bool = False) -> tuple:
     """Engine op OPS[op[i]] on image i with its parameters; returns (x, alpha) (alpha None: no alpha).
     `used`: the op names that may occur (static).
 
@@ -324,7 +324,7 @@ def apply_step(x, alpha, op, value, value2, centre, used=OPS, xla=False):
     return out, tf.tensor_scatter_nd_update(alpha, changed, tf.concat(alphas, 0))
 
 
-def apply_program(x, program, used=OPS, alpha=None, xla=False):
+def apply_program(x, program: dict, used=OPS, alpha=None, xla: bool = False) -> tuple:
     """Runs a program (dict of op (N, D) int32, value, value2 (N, D) float64, centre (N, D, 2) int32) step
     by step, step 0 first; returns (x, alpha)."""
     for step in range(program['op'].shape[1]):
@@ -336,7 +336,7 @@ def apply_program(x, program, used=OPS, alpha=None, xla=False):
 # ------------------------------------------------------------------------------------------------
 # The weak view (FixMatch's flip + pad-and-crop)
 
-def sample_weak(n, seed, flip=True, pad=4):
+def sample_weak(n, seed, flip: bool = True, pad: int = 4) -> dict:
     """{'flip': (n,) bool (p = 1/2 when `flip`), 'offset': (n, 2) int32 uniform in [0, 2 pad]}."""
     flip_seed, offset_seed = split_seed(seed, 2)
     flips = uniform(flip_seed, [n], tf.float32) < 0.5
@@ -345,7 +345,7 @@ def sample_weak(n, seed, flip=True, pad=4):
     return {'flip': flips, 'offset': uniform(offset_seed, [n, 2], tf.int32, 0, 2 * pad + 1)}
 
 
-def weak(images, seed, flip=True, pad=4):
+def weak(images, seed, flip: bool = True, pad: int = 4) -> tf.Tensor:
     """FixMatch weak view of [0, 1] images: mirror with p = 1/2 (when `flip`), reflect-pad by `pad`
     pixels, crop back at a uniform offset. (Sampling and application in one call.)"""
     params = sample_weak(tf.shape(images)[0], seed, flip, pad)

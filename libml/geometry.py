@@ -32,13 +32,13 @@ METHODS = ('lanczos', 'bicubic', 'bilinear', 'box', 'hamming', 'nearest')  # CTA
 AFFINE_KINDS = ('none', 'rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
 
 
-def rounded(x):
+def rounded(x: tf.Tensor) -> tf.Tensor:
     """x, with its rounding forced: keeps XLA from fusing the product x into a following add (one FMA
     rounding where Python and PIL round twice). min(x, big) is x for every x we use (|x| < 1e38)."""
     return tf.minimum(x, tf.constant(3e38 if x.dtype == tf.float32 else 1e300, x.dtype))
 
 
-def fixed(value):
+def fixed(value) -> tf.Tensor:
     """FIX(v) = floor(65536 v + 0.5) of float64 values, as int32."""
     return tf.cast(tf.floor(tf.cast(value, tf.float64) * FIXED_ONE + 0.5), tf.int32)
 
@@ -47,7 +47,7 @@ def fixed(value):
 # Affine warps
 
 @functools.lru_cache(maxsize=None)
-def rotation_table(height, width):
+def rotation_table(height: int, width: int) -> np.ndarray:
     """(361, 6) int32 fixed-point [FIX(a), FIX(b), x0, FIX(d), FIX(e), y0] of PIL's rotate by
     -180..180 whole degrees (row deg + 180) of a (height, width) image; x0 = FIX(c + (a + b)/2)."""
     rows = []
@@ -64,7 +64,7 @@ def rotation_table(height, width):
     return np.asarray(rows, np.int32)
 
 
-def affine_coefficients(kind, value, height, width):
+def affine_coefficients(kind, value, height: int, width: int) -> tf.Tensor:
     """(N, 6) int32 fixed-point warp of each image: kind (N,) indexes AFFINE_KINDS; value (N,) float64 is
     whole degrees (rotate, counter-clockwise), the shear coefficient (PIL matrix (1, v, 0, 0, 1, 0) for
     shear_x, (1, 0, 0, v, 1, 0) for shear_y) or the shift in pixels (input x = x + v for translate_x)."""
@@ -139,7 +139,7 @@ FILTERS = {  # name: (support, kernel)
 }
 
 
-def filter_matrix(in_size, out_size, method):
+def filter_matrix(in_size: int, out_size: int, method: str) -> np.ndarray:
     """(out_size, in_size) float64 integer weights (sum 2^22 per row) of PIL's resize along one axis."""
     scale = in_size / out_size
     matrix = np.zeros([out_size, in_size])
@@ -163,7 +163,7 @@ def filter_matrix(in_size, out_size, method):
     return matrix
 
 
-def vertical_first(in_hw, out_hw):
+def vertical_first(in_hw, out_hw) -> bool:
     """Whether PIL resizes the rows (vertical pass) before the columns."""
     return (in_hw[0] - out_hw[0]) > 2 * max(in_hw[1] - out_hw[1], 0)
 
@@ -177,7 +177,7 @@ def _pass(x, weights):
     return tf.reshape(out, tf.stack([shape[0], weights.shape[1], shape[2], shape[3]]))
 
 
-def resample(images, row_weights, col_weights, rows_first=False):
+def resample(images, row_weights, col_weights, rows_first: bool = False) -> tf.Tensor:
     """Separable resize of each image: per-image weights R (N, out_h, H) and C (N, out_w, W) in 2^-22 units;
     each pass rounds to 8-bit levels as PIL does. Exact (float64 integer arithmetic)."""
     x = tf.cast(images, tf.float64)
@@ -190,7 +190,7 @@ def resample(images, row_weights, col_weights, rows_first=False):
     return tf.cast(x, images.dtype)
 
 
-def resize(images, size, method):
+def resize(images, size, method: str) -> tf.Tensor:
     """PIL Image.resize((w, h) = size[::-1], method) of every image (static sizes)."""
     height, width = images.shape[1:3]
     n = tf.shape(images)[0]
@@ -220,7 +220,7 @@ def _crop_table(size):
     return coef.reshape([-1, size, taps]), start.reshape([-1, size])
 
 
-def crop_resize_weights(size, first, crop, method):
+def crop_resize_weights(size: int, first, crop, method) -> tf.Tensor:
     """(N, size, size) weights resizing the window [first, first + crop) of an axis back to `size` pixels
     with METHODS[method]; first, crop, method: (N,) int32."""
     coef, start = _crop_table(size)
@@ -232,12 +232,12 @@ def crop_resize_weights(size, first, crop, method):
     return tf.where(inside, weights, tf.zeros_like(weights))
 
 
-def half_even(x):
+def half_even(x) -> tf.Tensor:
     """Python's round(): half to even, float64 -> int32."""
     return tf.cast(tf.round(x), tf.int32)
 
 
-def rescale(images, level, method):
+def rescale(images, level, method) -> tf.Tensor:
     """CTAugment rescale: crop the box (s W, s H, W (1 - s), H (1 - s)), s = 0.25 level (rounded to whole
     pixels half-to-even, as Image.crop), resized back with METHODS[method] (the crop is never larger, so
     the horizontal pass runs first). level: (N,) float64; method: (N,) int32."""
@@ -254,7 +254,7 @@ def rescale(images, level, method):
 # ------------------------------------------------------------------------------------------------
 # Weak view and cutout
 
-def reflect(index, size):
+def reflect(index, size: int) -> tf.Tensor:
     """Source index in [0, size) of a position of an axis reflect-padded without repeating the edge
     (tf.pad 'REFLECT'): -1 -> 1, size -> size - 2."""
     period = max(2 * (size - 1), 1)
@@ -262,7 +262,7 @@ def reflect(index, size):
     return tf.where(index < size, index, period - index)
 
 
-def weak(images, flip, offset, pad):
+def weak(images, flip, offset, pad: int) -> tf.Tensor:
     """Mirror the images where `flip` (N,) bool, reflect-pad by `pad` pixels and crop (H, W) at `offset`
     (N, 2) int32 in [0, 2 pad]: output (i, j) reads row reflect(o_y + i - pad), column reflect(o_x + j - pad)
     (mirrored: W + 2 pad - 1 - (o_x + j)). One gather; any dtype."""
@@ -275,14 +275,14 @@ def weak(images, flip, offset, pad):
     return gather_pixels(images, tf.broadcast_to(rows[:, :, None], grid), tf.broadcast_to(cols[:, None, :], grid))
 
 
-def centre_pixels(fraction, height, width):
+def centre_pixels(fraction, height: int, width: int) -> tf.Tensor:
     """(N, 2) int32 (row, column) = floor(fraction * (H, W)) of uniform fractions (N, 2) in [0, 1): a centre
     uniform over the pixels, as np.random.randint."""
     size = tf.constant([height, width], tf.float64)
     return tf.cast(tf.floor(tf.cast(fraction, tf.float64) * size), tf.int32)
 
 
-def square_mask(height, width, centre, side):
+def square_mask(height: int, width: int, centre, side) -> tf.Tensor:
     """(N, H, W, 1) bool: rows [cy - side//2, cy + side//2) and the same columns, clipped to the image
     (create_cutout_mask: the filled side is 2 (side // 2)). centre (N, 2) int32, side (N,) int32."""
     half = tf.cast(side, tf.int32)[:, None] // 2

@@ -36,7 +36,7 @@ MAX_LEVEL = 15  # rN_M_C accepts M up to 15, as the reference's flag list
 POLICY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'autoaugment_policies.json')
 
 
-def level_value(name, level):
+def level_value(name: str, level: int) -> float:
     """The reference's parameter of op `name` at integer level `level` (Python float arithmetic)."""
     if name in ('Identity',):
         return 0.0
@@ -72,7 +72,7 @@ def _program(names, level, negate, active, centre):
             'value': tf.where(signed, -value, value), 'value2': tf.zeros_like(value), 'centre': centre}
 
 
-def sample_randaugment(n, seed, nops=2, magnitude=10, fixed=False):
+def sample_randaugment(n, seed, nops: int = 2, magnitude: int = 10, fixed: bool = False) -> dict:
     """RandAugment draws: 'ra_ops' (n, nops) indexes RA_OPS; 'level' (n, nops) = randint(1, magnitude)
     (or `magnitude` when `fixed`); 'active' (n, nops) with p = 1/2 (always when `fixed`); 'negate'."""
     op_seed, level_seed, active_seed, sign_seed = augment.split_seed(seed, 4)
@@ -87,14 +87,14 @@ def sample_randaugment(n, seed, nops=2, magnitude=10, fixed=False):
     return {'ra_ops': ops, 'level': level, 'active': active, 'negate': augment.uniform(sign_seed, shape) < 0.5}
 
 
-def randaugment_program(params, height, width):
+def randaugment_program(params: dict, height: int, width: int) -> dict:
     names = tf.gather(tf.constant([NAMES.index(name) for name in RA_OPS], tf.int32), params['ra_ops'])
     centre = tf.zeros(tf.concat([tf.shape(names), [2]], 0), tf.int32)
     return _program(names, params['level'], params['negate'], params['active'], centre)
 
 
 @functools.lru_cache(maxsize=None)
-def policy_table(group):
+def policy_table(group: str) -> tuple:
     """(names (P, 2) int32 into NAMES, probabilities (P, 2) float64, levels (P, 2) int32) of a group."""
     with open(POLICY_FILE) as f:
         table = json.load(f)[group]
@@ -104,17 +104,17 @@ def policy_table(group):
     return names, probabilities, levels
 
 
-def policy_group(dataset_name):
+def policy_group(dataset_name: str) -> str:
     """AutoAugment table of a dataset: 'svhn' for svhn and svhn_noextra, else 'cifar10'."""
     return 'svhn' if dataset_name in ('svhn', 'svhn_noextra') else 'cifar10'
 
 
-def aa_ops(group):
+def aa_ops(group: str) -> tuple:
     """Engine op names an AutoAugment group can use."""
     return tuple(sorted({ENGINE_OP[NAMES[i]] for i in policy_table(group)[0].ravel()}))
 
 
-def sample_autoaugment(n, seed, group='cifar10'):
+def sample_autoaugment(n, seed, group: str = 'cifar10') -> dict:
     """AutoAugment draws: 'policy' (n,) uniform sub-policy index; 'active' (n, 2) with each op's probability;
     'negate' (n, 2); 'centre' (n, 2, 2) uniform fractions (Cutout centres)."""
     names, probabilities, _ = policy_table(group)
@@ -125,7 +125,7 @@ def sample_autoaugment(n, seed, group='cifar10'):
             'centre': augment.uniform(centre_seed, [n, 2, 2])}
 
 
-def autoaugment_program(params, height, width, group='cifar10'):
+def autoaugment_program(params: dict, height: int, width: int, group: str = 'cifar10') -> dict:
     names, _, levels = policy_table(group)
     policy = params['policy']
     centre = tf.stack([geometry.centre_pixels(params['centre'][:, k], height, width) for k in range(2)], 1)

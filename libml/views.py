@@ -38,7 +38,7 @@ def _view_codes_text():
     return ', '.join(f'{code} ({meaning})' for code, meaning in VIEW_CODES.items()).replace('%%', '%')
 
 
-def augment_param(default, views):
+def augment_param(default: str, views: str) -> Param:
     """The --augment setting of an algorithm: `views` says what its L.W.S views are for; the codes
     come from VIEW_CODES, the grammar the parser checks against (settings.resolve calls parse_augment)."""
     return Param(default, f'{views}; codes {_view_codes_text()}.', check=parse_augment)
@@ -49,7 +49,7 @@ def _code_error(spec, what='--augment'):
                      f'{_view_codes_text()}; e.g. --augment=d.d.rac')
 
 
-def parse_code(code):
+def parse_code(code: str) -> dict:
     """View code -> dict of View fields (weak, strong, nops, magnitude, fixed, cutout); else UserError."""
     if code in ('x', 'm', 'd'):
         return dict(weak=code)
@@ -69,7 +69,7 @@ def parse_code(code):
     raise _code_error(code, 'view code')
 
 
-def parse_augment(spec):
+def parse_augment(spec: str) -> tuple:
     """'L.W.S' -> (labeled, weak, strong) view codes, each valid for parse_code; else UserError."""
     parts = str(spec).split('.')
     if len(parts) != 3:
@@ -82,7 +82,7 @@ def parse_augment(spec):
     return tuple(parts)
 
 
-def uses_cta(code):
+def uses_cta(code: str) -> bool:
     """Whether a view code (or an L.W.S spec) needs a CTAugment object."""
     return any(parse_code(part).get('strong') == 'cta' for part in str(code).split('.'))
 
@@ -168,7 +168,7 @@ def make_view(code: str, info, cta=None) -> View:
                 group=policies.policy_group(getattr(info, 'name', '')), cta=cta, **fields)
 
 
-def view_fn(code, flip, pad, cta=None):
+def view_fn(code: str, flip: bool, pad: int, cta=None):
     """Old interface: fn(images in [0, 1], seed) -> images of one view code (sample + apply in one call)."""
     parse_code(code)
     if uses_cta(code) and cta is None:
