@@ -1,10 +1,11 @@
-"""Throughput of the training input: FixMatch's streams with weak augmentation against no augmentation.
+"""Throughput of the training input: FixMatch's raw input stream, plain and with weak augmentation of
+every view as the training step applies it.
 
 Times, in the same run, on the decoded images of a training dataset (Fashion-MNIST by default,
 converted automatically):
-- weak: SSLData.train_stream with views {'x': weak} and {'u_weak': weak, 'u_strong': weak}
-  (FixMatch's input with weak augmentation on every view);
-- none: the same stream with identity views (gather, cast and scaling only);
+- none: SSLData.input_stream, the raw uint8 images and labels of each step (gathered by index);
+- weak: the same stream followed by the weak view ('d', sample + apply as in libml/step.py) of
+  x, u_weak and u_strong (FixMatch's input with weak augmentation on every view);
 - as context, reading the base training records and decoding their PNGs (TFRecordDataset + decode).
 A step counts batch + 2 * uratio * batch images (64 + 2 * 448 = 960 by default). Each measurement
 warms up, then times --steps steps; the two streams alternate for --repeats rounds and the best
@@ -12,7 +13,6 @@ round counts (the machine is shared and noisy). The last line is the ratio weak 
 
     python bench/input_pipeline.py --steps=300 --repeats=3
 """
-import functools
 import os
 import sys
 import time
@@ -26,9 +26,10 @@ utils.quiet_tensorflow()
 from absl import flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from libml import augment  # noqa: E402
 from libml import data  # noqa: E402
+from libml import keys  # noqa: E402
 from libml import records  # noqa: E402
+from libml import views  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('dataset', 'fashion_mnist.1@40-1', 'Training dataset name (created if missing and offline).')
@@ -39,20 +40,25 @@ flags.DEFINE_integer('warmup', 20, 'Untimed steps before each measurement.')
 flags.DEFINE_integer('repeats', 3, 'Rounds of measurements; the best one is reported.')
 
 
-def identity_view(images, seed):
-    return images
+def weak_views(info):
+    """fn(raw element) -> the three weak views of FixMatch's input (x, u_weak, u_strong)."""
+    weak = views.make_view('d', info)
+
+    def augment(raw):
+        seed = tf.constant([0, 0], tf.int64)
+        out = {}
+        for name, key in (('x', keys.X_IMAGES), ('u_weak', keys.U_IMAGES), ('u_strong', keys.U_IMAGES)):
+            images = tf.cast(raw[key], tf.float32) / 255
+            out[name] = weak.apply(images, weak.sample(images.shape[0], seed))
+        return out
+    return augment
 
 
-def stream_views(weak_fn):
-    """(labeled views, unlabeled views) of the FixMatch input with `weak_fn` on every view."""
-    return {'x': weak_fn}, {'u_weak': weak_fn, 'u_strong': weak_fn}
-
-
-def stream_seconds(ssl, views, steps, warmup):
-    """Seconds that `steps` steps of a train_stream take after `warmup` untimed ones."""
-    labeled_views, unlabeled_views = views
-    stream = ssl.train_stream(FLAGS.batch, FLAGS.uratio, labeled_views, unlabeled_views, seed=0,
-                              end_step=warmup + steps)
+def stream_seconds(ssl, augment, steps, warmup):
+    """Seconds that `steps` steps of the input stream (then `augment`, if any) take after `warmup` untimed ones."""
+    stream = ssl.input_stream(FLAGS.batch, FLAGS.uratio * FLAGS.batch, seed=0, end_step=warmup + steps)
+    if augment is not None:
+        stream = stream.map(augment, data.AUTOTUNE)
     batches = iter(stream)
     for _ in range(warmup):
         next(batches)
@@ -75,15 +81,14 @@ def decode_seconds(path, channels, batch=1024):
 def main(_):
     ssl = data.load(FLAGS.dataset)
     info = ssl.info
-    weak = functools.partial(augment.weak, flip=info.flip, pad=info.pad)
     per_step = FLAGS.batch + 2 * FLAGS.uratio * FLAGS.batch
-    streams = {'none': stream_views(identity_view), 'weak': stream_views(weak)}
+    streams = {'none': None, 'weak': weak_views(info)}
     best = {name: float('inf') for name in streams}
     decode_best, decoded = float('inf'), 0
     train_path = records.record_path(info.name, 'train')
     for _ in range(FLAGS.repeats):
-        for name, views in streams.items():
-            best[name] = min(best[name], stream_seconds(ssl, views, FLAGS.steps, FLAGS.warmup))
+        for name, augment in streams.items():
+            best[name] = min(best[name], stream_seconds(ssl, augment, FLAGS.steps, FLAGS.warmup))
         seconds, decoded = decode_seconds(train_path, info.shape[2])
         decode_best = min(decode_best, seconds)
     rate = {name: FLAGS.steps * per_step / seconds for name, seconds in best.items()}
@@ -94,7 +99,7 @@ def main(_):
     print(f'{"input":<52} {"images/s":>10} {"ms/step":>8}')
     print(f'{"records + PNG decode (" + os.path.basename(train_path) + ")":<52} {decoded / decode_best:>10.0f} '
           f'{"-":>8}')
-    for name, label in (('none', 'train_stream, no augmentation'), ('weak', 'train_stream, weak on every view')):
+    for name, label in (('none', 'input_stream (raw images)'), ('weak', 'input_stream + weak view of x, u_weak, u_strong')):
         print(f'{label:<52} {rate[name]:>10.0f} {1000 * best[name] / FLAGS.steps:>8.2f}')
     print(f'ratio weak-augmented / no-augmentation: {rate["weak"] / rate["none"]:.2f}')
 

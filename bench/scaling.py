@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Images/s of the full FixMatch training step on 1 and on 2 replicas, in the same run.
+"""Images/s of the full FixMatch training step on 1 replica and on all visible GPUs (2 at least), in the same run.
 
 On a machine with two or more GPUs the replicas are GPUs; without, the CPU is split into two
 logical devices (the same cores shared: this measures the MirroredStrategy overhead, not a
@@ -24,6 +24,7 @@ from absl import flags  # noqa: E402
 import common  # noqa: E402
 
 flags.DEFINE_integer('steps', 5, 'Timed steps per measurement.')
+flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 FLAGS = flags.FLAGS
 
 
@@ -53,12 +54,17 @@ def images_per_second(devices):
 def main(argv):
     del argv
     split_cpu_if_needed()
+    many = max(2, len(tf.config.list_logical_devices('GPU')))  # all visible GPUs, or 2 logical CPUs
     one, devices_one = images_per_second(1)
-    two, devices_two = images_per_second(2)
+    two, devices_two = images_per_second(many)
     print(f'{"replicas":10s} {"images/s":>10s}  devices')
     print(f'{1:<10d} {one:10.1f}  {", ".join(devices_one)}')
-    print(f'{2:<10d} {two:10.1f}  {", ".join(devices_two)}')
-    print(f'ratio 2 replicas / 1 replica images/s: {two / one:.3f}')
+    print(f'{many:<10d} {two:10.1f}  {", ".join(devices_two)}')
+    if FLAGS.json:
+        utils.write_json(FLAGS.json, {'replicas': [1, many], 'images_per_second': [one, two],
+                                      'steps_per_second': [one / common.images_per_step(), two / common.images_per_step()],
+                                      'devices': [devices_one, devices_two]})
+    print(f'ratio {many} replicas / 1 replica images/s: {two / one:.3f}')
 
 
 if __name__ == '__main__':

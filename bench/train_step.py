@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Images/s of the full FixMatch training step against the bare model step, in the same run.
 
-  full: the real training call: input pipeline (sampling, weak + strong augmentation, CTAugment
-        probe), forward of labeled + weak + strong in one pass, backward, SGD update, EMA update,
-        CTAugment rate update;
+  full: the real training call: input pipeline (sampling), in the step weak + strong augmentation and
+        the CTAugment probe, forward of labeled + weak + strong in one pass, backward, SGD update,
+        EMA update, CTAugment rate update;
   bare: forward + backward + SGD update of the same model on one fixed batch of the same size.
 Images per step = batch * (1 + 2 * uratio) (960 for the paper's 64 + 448 + 448).
 
@@ -31,6 +31,7 @@ import common  # noqa: E402
 flags.DEFINE_integer('steps', 6, 'Timed steps per measurement.')
 flags.DEFINE_integer('repeats', 2, 'Measurements of each kind (alternating); the best one counts.')
 flags.DEFINE_integer('steps_per_call', 1, 'Training steps per compiled call.')
+flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 flags.DEFINE_list('settings', ['float32'], 'Settings to time: precision[+xla], precision in float32, mixed_float16, '
                   'mixed_bfloat16; the first is the baseline.')
 FLAGS = flags.FLAGS
@@ -80,8 +81,8 @@ def full_step_seconds(trainer):
 
 def bare_step_seconds(trainer):
     """Best seconds per step of forward + backward + update on one fixed batch of the same images."""
-    batch = next(iter(trainer.data.train_stream(FLAGS.batch, FLAGS.uratio, trainer.labeled_views,
-                                                trainer.unlabeled_views, end_step=1)))
+    raw = next(iter(trainer.input_stream(0, 1)))
+    batch = trainer.step_fn.views(raw, tf.constant(0, tf.int64), replicas=1)
     images = tf.concat([batch['x'], batch['u_weak'], batch['u_strong']], 0)
     bare_step = bare_step_fn(trainer, images, tf.cast(batch['label'], tf.int32))
 
@@ -114,6 +115,10 @@ def main(argv):
     for setting, t in seconds.items():
         print(f'{"full FixMatch step, " + setting:44s} {per_step / t:10.1f} {1000 * t:9.1f}')
     ratios = ', '.join(f'{setting} {seconds[baseline] / t:.2f}x' for setting, t in seconds.items())
+    if FLAGS.json:
+        utils.write_json(FLAGS.json, dict(model=name, parameters_m=params, images_per_step=per_step, device=device,
+                                          bare_ms=1000 * bare, full_ms={k: 1000 * v for k, v in seconds.items()},
+                                          steps_per_second={k: 1 / v for k, v in seconds.items()}))
     print(f'ratio full / bare images/s ({baseline}): {bare / seconds[baseline]:.3f}; vs {baseline}: {ratios}')
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from libml import keys
 from libml import records
 from libml import splits
 from libml import targets
@@ -123,14 +124,15 @@ class StreamedSubset:
     def __len__(self):
         return len(self.labels)
 
-    def batches(self, count, seed, start_step):
-        """Endless batches (uint8 images (count, H, W, C), int64 labels (count,)), reshuffled every
-        pass through a buffer of SHUFFLE_BUFFER records seeded by (seed, start_step): a resumed
-        run draws other (equally random) unlabeled batches than an uninterrupted one would."""
-        shuffle_seed = (int(seed) * 1000003 + int(start_step)) % (2 ** 31)
-        ds = keep_positions(tf.data.TFRecordDataset(self.path), self.positions).repeat()
-        ds = ds.shuffle(min(SHUFFLE_BUFFER, len(self)), seed=shuffle_seed)
-        ds = ds.map(lambda s: records.parse_image(s, self.channels), AUTOTUNE)
+    def batches(self, count: int, seed: int, start_step: int, shards: int = 1, shard: int = 0) -> tf.data.Dataset:
+        """Endless batches (uint8 images (count, H, W, C), int64 labels (count,), int64 positions in this
+        subset (count,)) of shard `shard` of `shards` (every shards-th image), reshuffled every pass
+        through a buffer of SHUFFLE_BUFFER records seeded by (seed, start_step, shard): a resumed run
+        draws other (equally random) unlabeled batches than an uninterrupted one would."""
+        shuffle_seed = (int(seed) * 1000003 + int(start_step) * 101 + shard) % (2 ** 31)
+        ds = keep_positions(tf.data.TFRecordDataset(self.path), self.positions).enumerate().shard(shards, shard)
+        ds = ds.repeat().shuffle(min(SHUFFLE_BUFFER, max(1, len(self) // shards)), seed=shuffle_seed)
+        ds = ds.map(lambda i, s: (*records.parse_image(s, self.channels), i), AUTOTUNE)
         return ds.batch(count, drop_remainder=True)
 
 
@@ -150,44 +152,47 @@ class SSLData:
     def nclass(self):
         return self.info.nclass
 
-    def train_stream(self, batch, uratio, labeled_views, unlabeled_views, seed=0, start_step=0, end_step=None):
-        """tf.data stream of global training batches, one element per step from `start_step`.
+    def input_stream(self, batch: int, ubatch: int, seed: int = 0, start_step: int = 0, end_step: int = None,
+                     replicas: int = 1, pipelines: int = 1, pipeline: int = 0) -> tf.data.Dataset:
+        """tf.data stream of the raw (not augmented) inputs of this input pipeline's replicas, from
+        `start_step`: for each step, one element per local replica, in replica order.
 
-        Element: dict with, for each labeled view name v, `v` = float32 (batch, H, W, C) in
-        [-1, 1] and `label` int64 (batch,); for each unlabeled view name v, `v` = float32
-        (uratio * batch, H, W, C) and `u_label` (true labels, -1 if unknown; for monitoring
-        only). A view is fn(float images in [0, 1], seed [2]) -> images in [0, 1], or a dict
-        with key 'image' and extra tensors (returned as `v_<key>`).
+        The global batch of step t is `batch` labeled draws and `ubatch` unlabeled draws (positions
+        t*count + j of a seeded endless sequence of per-epoch permutations, see epoch_shuffle);
+        replica r of `replicas` gets rows [r*count/replicas, (r+1)*count/replicas) of each, and this
+        pipeline (number `pipeline` of `pipelines`) reads, decodes and gathers only the rows of its
+        replicas r = pipeline*L .. pipeline*L + L-1, L = replicas / pipelines. Element: X_IMAGES uint8
+        (b, H, W, C), LABEL int64 (b,), U_IMAGES uint8 (ub, H, W, C), U_LABEL int64 (ub,) (true labels,
+        -1 if unknown; monitoring only), U_INDEX int64 (ub,) (positions in the unlabeled set) and SLOT
+        int32 = r, with b = batch / replicas, ub = ubatch / replicas. Streamed unlabeled images (too many
+        for memory) are sharded over the pipelines and shuffled through a buffer instead.
         """
-        end = end_step if end_step is not None else np.iinfo(np.int64).max
-        steps = tf.data.Dataset.range(start_step, end)
+        local = replicas // pipelines
+        b, ub = batch // replicas, ubatch // replicas
+        end = end_step if end_step is not None else np.iinfo(np.int64).max // max(local, 1)
         labeled, unlabeled = self.labeled, self.unlabeled
-        ubatch = uratio * batch
+        streamed = isinstance(unlabeled, StreamedSubset)
 
-        def gather_unlabeled(step):
-            u_pos = epoch_shuffle(step, ubatch, len(unlabeled), UNLABELED_STREAM, seed)
-            return step, (tf.gather(unlabeled.images, u_pos), tf.gather(unlabeled.labels, u_pos))
-
-        def make(step, unlabeled_batch):
-            l_pos = epoch_shuffle(step, batch, len(labeled), LABELED_STREAM, seed)
-            out = dict(label=tf.gather(labeled.labels, l_pos), u_label=unlabeled_batch[1])
-            step_seed = tf.stack([tf.cast(seed, tf.int64), step])
-            views = [(tf.gather(labeled.images, l_pos), labeled_views), (unlabeled_batch[0], unlabeled_views)]
-            number = 0
-            for images, view_fns in views:
-                pixels = tf.cast(images, tf.float32) / 255
-                for view, fn in view_fns.items():
-                    number += 1
-                    out.update(run_view(view, fn, pixels, tf.random.experimental.stateless_fold_in(step_seed, number)))
+        def make(element, unlabeled_rows=None):
+            step, slot = element // local, tf.cast(pipeline * local + element % local, tf.int32)
+            l_pos = epoch_shuffle(step, batch, len(labeled), LABELED_STREAM, seed, slot * b, b)
+            out = {keys.X_IMAGES: tf.gather(labeled.images, l_pos), keys.LABEL: tf.gather(labeled.labels, l_pos),
+                   keys.SLOT: slot}
+            if unlabeled_rows is None:
+                u_pos = epoch_shuffle(step, ubatch, len(unlabeled), UNLABELED_STREAM, seed, slot * ub, ub)
+                unlabeled_rows = tf.gather(unlabeled.images, u_pos), tf.gather(unlabeled.labels, u_pos), u_pos
+            out[keys.U_IMAGES], out[keys.U_LABEL], out[keys.U_INDEX] = unlabeled_rows
             return out
 
-        if isinstance(unlabeled, StreamedSubset):
-            steps = tf.data.Dataset.zip(steps, unlabeled.batches(ubatch, seed, start_step))
+        elements = tf.data.Dataset.range(start_step * local, end * local)
+        if streamed:
+            rows = unlabeled.batches(ub, seed, start_step, pipelines, pipeline)
+            stream = tf.data.Dataset.zip(elements, rows).map(make, AUTOTUNE)
         else:
-            steps = steps.map(gather_unlabeled)
+            stream = elements.map(make, AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True
-        return steps.map(make, AUTOTUNE).prefetch(AUTOTUNE).with_options(options)
+        return stream.prefetch(AUTOTUNE).with_options(options)
 
     def with_all_labels(self):
         """This dataset with every labeled training image as the labeled set: the unlabeled pool's
@@ -209,24 +214,18 @@ def to_unit_range(pixels01):
     return pixels01 * 2 - 1
 
 
-def run_view(view, fn, pixels, seed):
-    result = fn(pixels, seed)
-    if not isinstance(result, dict):
-        return {view: to_unit_range(result)}
-    out = {f'{view}_{key}': value for key, value in result.items() if key != 'image'}
-    out[view] = to_unit_range(result['image'])
-    return out
-
-
-def epoch_shuffle(step, count, n, stream, seed):
-    """Indices in [0, n) of the `count` draws of a step: position p = step*count + j of an
-    endless sequence of permutations, one per epoch e = p // n, keyed by (stream, seed, e)."""
-    if count == 0:
+def epoch_shuffle(step, count, n, stream, seed, start=0, size=None):
+    """Indices in [0, n) of draws [start, start + size) (default: all `count`) of a step: position
+    p = step*count + j of an endless sequence of permutations, one per epoch e = p // n, keyed by
+    (stream, seed, e)."""
+    size = count if size is None else size
+    if size == 0:
         return tf.zeros([0], tf.int64)
-    positions = tf.cast(step, tf.int64) * count + tf.range(count, dtype=tf.int64)
+    positions = (tf.cast(step, tf.int64) * count + tf.cast(start, tf.int64)
+                 + tf.range(size, dtype=tf.int64))
     epochs = positions // n
-    key = tf.stack([tf.fill([count], tf.constant(SHUFFLE_SALT, tf.int64)),
-                    tf.fill([count], tf.constant(stream, tf.int64)) * 1000003 + tf.cast(seed, tf.int64),
+    key = tf.stack([tf.fill([size], tf.constant(SHUFFLE_SALT, tf.int64)),
+                    tf.fill([size], tf.constant(stream, tf.int64)) * 1000003 + tf.cast(seed, tf.int64),
                     epochs], axis=1)
     return tf.raw_ops.RandomIndexShuffle(index=positions % n, seed=key, max_index=tf.constant(n - 1, tf.int64),
                                          rounds=4)

@@ -43,16 +43,3 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type == 'worker' and resolver.task_id == 0 and 'chief' not in resolver.cluster_spec().as_dict()
 
-
-def split_for_replicas(stream: tf.data.Dataset, context: tf.distribute.InputContext) -> tf.data.Dataset:
-    """Per-replica elements of a stream of global batches: replica r of R gets slice r of every
-    tensor's first axis. Yields, for each step, the slices of this input pipeline's replicas."""
-    replicas = context.num_replicas_in_sync
-    if replicas == 1:
-        return stream
-    local = replicas // context.num_input_pipelines
-    first = context.input_pipeline_id * local
-
-    def split(batch):
-        return {k: tf.stack(tf.split(v, replicas)[first:first + local]) for k, v in batch.items()}
-    return stream.map(split).unbatch()

@@ -4,7 +4,10 @@ Batch keys: what one training step receives (per replica) and the views the algo
 Log keys: the scalars a loss returns; the loop averages them and writes them to TensorBoard under
 these names (the original code's names).
 """
-# Batch keys filled by the input pipeline.
+# Batch keys filled by the input pipeline (per replica).
+X_IMAGES = 'x_images'  # uint8 (b, H, W, C): the labeled images of this replica, not augmented
+U_IMAGES = 'u_images'  # uint8 (ub, H, W, C): the unlabeled images of this replica, not augmented
+SLOT = 'slot'          # int32 scalar: which replica's rows of the global batch these are
 LABEL = 'label'        # int64 (b,): classes of the labeled images
 U_LABEL = 'u_label'    # int64 (ub,): true classes of the unlabeled images (-1 if unknown; monitoring only)
 U_INDEX = 'u_index'    # int64 (ub,): positions of the unlabeled images in the unlabeled set (per-image state)

@@ -3,7 +3,9 @@ images, TensorBoard summaries, and stats/epochs.jsonl (one JSON line per evaluat
 
 TensorBoard keeps the original scalar names (`accuracy` = EMA test accuracy, `accuracy/valid`,
 `accuracy/train_labeled`, `accuracy/raw/...`, the losses and monitors of the step) plus the test
-metrics, per-class accuracies, the confusion matrix, a grid of the views and CTAugment's rates.
+metrics, per-class accuracies (scalars and a bar chart), the confusion matrix (a figure with class
+names and counts), a grid of the views, CTAugment's rates (an image and a text table, each under its
+own tag) and the run's settings in the HParams dashboard. Every tag holds one summary type.
 """
 import time
 
@@ -11,21 +13,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from libml import figures
 from libml import keys
 from libml import metrics
 from libml import stats
+from libml import utils
+
+STATS_DIGITS = 4  # decimals of the floats in stats/epochs.jsonl
 
 EVAL_SPLITS = ('train_labeled', 'valid', 'test')
 TEST_METRICS = ('balanced_accuracy', 'worst_class_accuracy', 'gm_accuracy', 'cross_entropy', 'ece')
-
-
-def confusion_image(confusion, size: int = 256) -> np.ndarray:
-    """(1, H, W, 1) image of a confusion matrix (rows = true class), each row divided by its count;
-    cells are enlarged to about `size` pixels in all."""
-    counts = np.asarray(confusion, np.float32)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    scale = max(1, size // len(rates))
-    return np.kron(rates, np.ones((scale, scale), np.float32))[None, :, :, None]
 
 
 def image_grid(rows, columns: int = 8) -> tf.Tensor:
@@ -85,6 +82,7 @@ class Reporter:
             for split, m in per_split.items():
                 line[f'{kind}/{split}'] = {k: v for k, v in m.items() if k != 'confusion'}
         line['ema/test']['confusion'] = ema['test']['confusion']
+        line = utils.round_floats(line, STATS_DIGITS)
         epochs = [s for s in epochs if s['step'] < step] + [line]
         stats.write_epochs(t.run_dir, epochs)
         scalars = {'accuracy': ema['test']['accuracy'], 'accuracy/train_labeled': ema['train_labeled']['accuracy']}
@@ -92,24 +90,35 @@ class Reporter:
             scalars['accuracy/valid'] = ema['valid']['accuracy']
         for split, m in raw.items():
             scalars[f'accuracy/raw/{split}'] = m['accuracy']
-        for k, (name, acc) in enumerate(zip(self.data.info.class_names, ema['test']['per_class'])):
+        class_names = self.data.info.class_names
+        for k, (name, acc) in enumerate(zip(class_names, ema['test']['per_class'])):
             if acc is not None:
-                scalars[f'per_class/test/{k:03d}_{name}'] = acc
+                scalars[f'per_class/test/{k:03d}_{figures.safe_tag(name)}'] = acc
         for name in TEST_METRICS:
             scalars[f'metrics/test/{name}'] = ema['test'][name]
         scalars.update(t.algorithm.report_scalars())
         self.write_scalars(scalars, step)
         self.write_views(step)
         with self.writer.as_default(step=step):
-            tf.summary.image('confusion/test', confusion_image(ema['test']['confusion']))
-        if t.cta:
-            with self.writer.as_default(step=step):
-                tf.summary.image('cta/rates', t.cta.rates_image())
-                tf.summary.text('cta/rates', t.cta.rates_table())
+            tf.summary.image('confusion/test', figures.confusion_figure(ema['test']['confusion'], class_names))
+            tf.summary.image('per_class_chart/test', figures.per_class_figure(ema['test']['per_class'], class_names))
+            if t.cta:
+                tf.summary.image('cta/rates_image', t.cta.rates_image())
+                tf.summary.text('cta/rates_table', t.cta.rates_table())
         logging.info('kimg %-6g accuracy train/valid/test  EMA %s  raw %s', kimg,
                      '/'.join(f'{m["accuracy"]:.2f}' for m in ema.values()),
                      '/'.join(f'{m["accuracy"]:.2f}' for m in raw.values()))
         return epochs
+
+    def write_hparams(self, settings, params: dict, run_name: str) -> None:
+        """The run's identity settings in TensorBoard's HParams dashboard (its metrics are the scalars:
+        accuracy, metrics/test/..., next to every other run's)."""
+        from tensorboard.plugins.hparams import api as hp
+        values = {name: settings[name] for name, p in params.items()
+                  if p.identity and isinstance(settings.get(name), (bool, int, float, str))}
+        values['dataset'] = str(self.data.name)
+        with self.writer.as_default(step=0):
+            hp.hparams(values, trial_id=run_name)
 
     def write_scalars(self, scalars: dict, step: int) -> None:
         with self.writer.as_default(step=step):
@@ -119,10 +128,9 @@ class Reporter:
     def write_views(self, step: int) -> None:
         """TensorBoard image: one row per view (labeled, weak, strong ...) of the batch of `step`."""
         t = self.trainer
-        stream = self.data.train_stream(t.settings.batch, t.settings.get('uratio', 0), t.labeled_views,
-                                        t.unlabeled_views, seed=t.settings.seed, start_step=step, end_step=step + 1)
-        batch = next(iter(stream))
-        names = [v for v in (*t.labeled_views, *t.unlabeled_views) if batch[v].shape.rank == 4]
+        raw = next(iter(t.input_stream(step, step + 1)))
+        batch = t.step_fn.views(raw, tf.constant(step, tf.int64), replicas=1)
+        names = [name for name, _, _ in t.view_plan] + ([keys.PROBE] if t.cta else [])
         with self.writer.as_default(step=step):
             tf.summary.image('views/' + '_'.join(names), image_grid([batch[v] for v in names]))
 

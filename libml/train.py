@@ -18,6 +18,7 @@ import os
 import keras
 import tensorflow as tf
 from absl import flags
+from absl import logging
 
 import cta
 from libml import checkpoints
@@ -76,10 +77,10 @@ COMMON_PARAMS = dict(
     precision=Param('float32', 'Compute precision: mixed_float16 or mixed_bfloat16 run the layers in 16 bits, with '
                     'float32 variables, logits, softmax and losses (float16 with dynamic loss scaling).',
                     choices=('float32', 'mixed_float16', 'mixed_bfloat16')),
-    xla=Param(False, 'Compile each replica\'s forward and backward pass with XLA (augmentation stays outside: its '
-              'geometric ops have no XLA kernel).', identity=False),
-    deterministic=Param(False, 'Deterministic ops, and CTAugment strong views made in the training step from the '
-                        'current rates (not ahead in the input pipeline): the same run gives the same weights.',
+    xla=Param(False, 'Compile the training step with XLA: augmentation, forward, backward, update and EMA as one '
+              'program on one device (the part before the cross-replica gradient sum on several).', identity=False),
+    deterministic=Param(False, 'Deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism): '
+                        'the same run gives bit-identical weights. Augmentation is exact without it.',
                         identity=False),
     cta_depth=Param(2, 'CTAugment: operations per policy.', check=at_least(1)),
     cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.',
@@ -137,7 +138,9 @@ class Algorithm:
     @classmethod
     def run(cls, **settings) -> dict:
         """Trains with these settings (keyword arguments, same names as the flags) and returns
-        the run's final metrics. For notebooks: no flag parsing involved."""
+        the run's final metrics. For notebooks: no flag parsing involved; the progress bar is a notebook
+        widget there and the epoch lines are printed."""
+        utils.use_short_logs(level=logging.INFO)
         return Trainer(cls, settings_lib.resolve(cls.all_params(), settings)).train()
 
     def standard_views(self, labeled_strong: bool = False):
@@ -215,10 +218,6 @@ class Trainer:
         self.steps_save = max(1, self.kimg_to_steps(settings.save_kimg))
         keras.utils.set_random_seed(settings.seed)
         keras.mixed_precision.set_global_policy(settings.precision)
-        self.cta = None
-        if 'cta' in views.parse_augment(settings.get('augment', 'd.d.d')):
-            with tf.device('/cpu:0'):  # read by the input pipeline on the CPU, updated by the train step
-                self.cta = cta.CTAugment(settings.cta_depth, settings.cta_th, settings.cta_decay)
         checkpoint = tf.train.Checkpoint(**self.build_state(algorithm_cls))
         self.checkpoint_dir = os.path.join(self.run_dir, 'tf')
         self.checkpoints = checkpoints.Checkpoints(checkpoint, self.checkpoint_dir, settings.keep_ckpt, self.is_chief)
@@ -234,6 +233,9 @@ class Trainer:
         returns everything a checkpoint holds, by name."""
         settings = self.settings
         with self.strategy.scope():
+            self.cta = None
+            if views.uses_cta(settings.get('augment', 'd.d.d')):
+                self.cta = cta.CTAugment(settings.cta_depth, settings.cta_th, settings.cta_decay)
             self.model = state_lib.create_model(settings, self.data.info)
             self.decay_variables = models.decay_variables(self.model)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step',
@@ -258,26 +260,11 @@ class Trainer:
         return state
 
     def build_views(self) -> None:
-        """The algorithm's views as view functions, plus CTAugment's probe; the views to augment in
-        the step (--deterministic)."""
+        """The algorithm's views: view_plan = [(name, 'x' (labeled) or 'u' (unlabeled), views.View)],
+        labeled views first, in the algorithm's order (the order numbers their random streams)."""
         labeled, unlabeled = self.algorithm.views()
-        self.labeled_views = {name: self.view_fn(code) for name, code in labeled.items()}
-        self.unlabeled_views = {name: self.view_fn(code) for name, code in unlabeled.items()}
-        self.step_views = [name for name, fn in {**self.labeled_views, **self.unlabeled_views}.items()
-                           if getattr(fn, 'in_step', False)]
-        if self.cta:
-            self.labeled_views[keys.PROBE] = step_lib.probe_view(self.cta, self.data.info)
-
-    def view_fn(self, code: str):
-        """fn(images in [0, 1], seed) of one --augment code for this dataset. With --deterministic a
-        'cta' view is only weakly augmented in the pipeline and marked `in_step`: the training step
-        applies CTAugment to it."""
-        info = self.data.info
-        if code == 'cta' and self.settings.deterministic:
-            fn = views.view_fn('d', flip=info.flip, pad=info.pad)
-            fn.in_step = True
-            return fn
-        return views.view_fn(code, flip=info.flip, pad=info.pad, cta=self.cta)
+        self.view_plan = [(name, source, views.make_view(code, self.data.info, self.cta))
+                          for source, named in (('x', labeled), ('u', unlabeled)) for name, code in named.items()]
 
     def kimg_to_steps(self, kimg: float) -> int:
         """Steps that train on `kimg` thousand (1024) labeled images."""
@@ -289,14 +276,21 @@ class Trainer:
 
     def learning_rate(self):
         progress = tf.cast(self.step, tf.float32) / max(self.steps_total, 1)
-        return state_lib.scheduled_lr(self.settings.lr_schedule, self.settings.lr, progress)
+        return state_lib.scheduled_lr(self.settings.lr_schedule, self.settings.lr, progress,
+                                      self.settings.get('lr_end', 0.))
+
+    def input_stream(self, start_step: int, end_step: int, replicas: int = 1, pipelines: int = 1, pipeline: int = 0):
+        """The raw inputs of steps [start_step, end_step) for one input pipeline (data.input_stream)."""
+        s = self.settings
+        return self.data.input_stream(s.batch, s.get('uratio', 0) * s.batch, seed=s.seed, start_step=start_step,
+                                      end_step=end_step, replicas=replicas, pipelines=pipelines, pipeline=pipeline)
 
     def train_dataset(self, start_step: int):
+        """Per-replica raw inputs from `start_step`: each input pipeline (one per worker) reads only the
+        rows of its own replicas."""
         def dataset_fn(context):
-            stream = self.data.train_stream(self.settings.batch, self.settings.get('uratio', 0), self.labeled_views,
-                                            self.unlabeled_views, seed=self.settings.seed, start_step=start_step,
-                                            end_step=self.steps_total)
-            return devices.split_for_replicas(stream, context)
+            return self.input_stream(start_step, self.steps_total, context.num_replicas_in_sync,
+                                     context.num_input_pipelines, context.input_pipeline_id)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def restore(self) -> int:
@@ -336,6 +330,8 @@ class Trainer:
 
     def train_from(self, start: int) -> dict:
         """The training loop from step `start` (restored) to train_kimg."""
+        if self.is_chief and not start:
+            self.reporter.write_hparams(self.settings, self.params, os.path.basename(self.run_dir))
         self.epochs = [e for e in stats.read_epochs(self.run_dir) if e['step'] <= start] \
             if os.path.exists(stats.epochs_path(self.run_dir)) else []  # later lines: a run killed before saving
         iterator = iter(self.train_dataset(start))

@@ -26,6 +26,7 @@ from libml.utils import UserError
 
 VIEW_CODES = {
     'x': 'none', 'm': 'mirror only', 'd': 'dataset default weak: flip (if the dataset flips) + pad-and-crop',
+    'c': 'weak + 16-px cutout only (ab_fixmatch_onlycutout)',
     'aa': 'weak + AutoAugment', 'aac': 'weak + AutoAugment + 16-px cutout', 'ra': 'weak + RandAugment',
     'rac': 'weak + RandAugment + 16-px cutout', 'racM': 'as rac with magnitude randint(1, M), M = 2..10',
     'rN_M_C': 'weak + N RandAugment ops always applied at magnitude M (1..15) + cutout of C%% (0..100) of the side',
@@ -53,6 +54,8 @@ def parse_code(code: str) -> dict:
     """View code -> dict of View fields (weak, strong, nops, magnitude, fixed, cutout); else UserError."""
     if code in ('x', 'm', 'd'):
         return dict(weak=code)
+    if code == 'c':
+        return dict(cutout=CUTOUT)
     if code in ('aa', 'aac'):
         return dict(strong='aa', cutout=CUTOUT if code == 'aac' else 0)
     if code in ('cta', 'ctap'):
@@ -135,6 +138,13 @@ class View:
             params['cutout'] = augment.uniform(cutout_seed, [n, 2])
         return params
 
+    def apply_weak(self, images, params: dict) -> tf.Tensor:
+        """Only the weak part of the view (the same flip and crop as `apply` with these params): the image
+        CTAugment's probe starts from."""
+        if not self._weak_args():
+            return tf.identity(images)
+        return geometry.weak(images, params['flip'], params['offset'], self._weak_args()[1])
+
     def apply(self, images, params: dict, xla: bool = False) -> tf.Tensor:
         """float32 (n, H, W, C) images in [0, 1] -> the view, same shape; row i uses row i of `params`."""
         height, width = images.shape[1:3]
@@ -142,6 +152,10 @@ class View:
             images = geometry.weak(images, params['flip'], params['offset'], self._weak_args()[1])
         if self.strong == 'cta':
             return self.cta.apply(images, params, xla)
+        if not self.strong and self.cutout_side > 0:  # 'c': the grey cutout of cutout_numpy alone
+            centre = geometry.centre_pixels(params['cutout'], height, width)
+            square = geometry.square_mask(height, width, centre, tf.fill(tf.shape(centre)[:1], self.cutout_side))
+            return augment.select(square, 0.5, images)
         if not self.strong:
             return tf.identity(images)
         if self.strong == 'ra':

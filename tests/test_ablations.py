@@ -191,8 +191,6 @@ def test_linear_schedule_to_lr_end_by_hand():
         make(None, lr_end=0.02)
 
 
-@pytest.mark.xfail(strict=True, reason='waits for Trainer.learning_rate (libml/train.py) to pass settings.lr_end to '
-                   'state.scheduled_lr; remove this mark once it does')
 def test_the_trainer_schedule_reaches_lr_end():
     settings = settings_lib.resolve(fixmatch.FixMatch.all_params(), dict(lr_schedule='linear', lr_end=0.02))
     trainer = types.SimpleNamespace(settings=settings, step=tf.Variable(100, dtype=tf.int64), steps_total=100)

@@ -291,3 +291,19 @@ def test_view_fn_old_interface_in_tf_data():
         views.view_fn('y', True, 4)
     with pytest.raises(ValueError):
         views.view_fn('cta', True, 4)
+
+
+def test_cutout_only_view_keeps_the_weak_image_outside_one_grey_square():
+    """'c' (ab_fixmatch_onlycutout): the weak view, then a 16-px grey square (clipped at the border)."""
+    info = types.SimpleNamespace(name='x', shape=(32, 32, 1), flip=True, pad=4)
+    images = tf.random.stateless_uniform([8, 32, 32, 1], [4, 2]) * 0.4  # never 0.5
+    view, weak = views.make_view('c', info), views.make_view('d', info)
+    params = view.sample(8, tf.constant([1, 2], tf.int64))
+    out = view.apply(images, params).numpy()
+    expected = weak.apply(images, {k: params[k] for k in ('flip', 'offset')}).numpy()
+    grey = out == 0.5
+    np.testing.assert_array_equal(out[~grey], expected[~grey])
+    for mask in grey[..., 0]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        assert mask.sum() == len(rows) * len(cols) and len(rows) <= 16 and len(cols) <= 16  # one square
+    assert grey[..., 0].sum(axis=(1, 2)).max() == 256  # unclipped: 16 x 16

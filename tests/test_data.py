@@ -12,10 +12,6 @@ from libml import records
 from libml import utils
 
 
-def identity_view(images, seed):
-    return images
-
-
 def write_indexed(root, name='idx', per_class=(20, 20, 20, 20), test=12):
     """A dataset whose training image i carries its index: pixel (0,0) = i % 256, (0,1) = i // 256,
     the rest = 10 * label."""
@@ -94,28 +90,54 @@ def test_validation_never_overlaps_labels_and_leaves_the_unlabeled_stream(root):
     assert valid == set(order[:6])
 
 
+def raw_indices(images):
+    """Original index encoded in the pixels of raw uint8 images."""
+    images = np.asarray(images).astype(np.int64)
+    return images[:, 0, 0, 0] + 256 * images[:, 0, 1, 0]
+
+
 def test_stream_resumes_exactly_and_covers_each_epoch(root):
     ssl = data.load('idx.1@8-1')
-    views = {'x': identity_view}, {'u': identity_view}
-    stream = list(ssl.train_stream(4, 3, *views, seed=5, end_step=6).as_numpy_iterator())
-    resumed = list(ssl.train_stream(4, 3, *views, seed=5, start_step=3, end_step=6).as_numpy_iterator())
+    stream = list(ssl.input_stream(4, 12, seed=5, end_step=6).as_numpy_iterator())
+    resumed = list(ssl.input_stream(4, 12, seed=5, start_step=3, end_step=6).as_numpy_iterator())
+    assert len(stream) == 6 and len(resumed) == 3
     for a, b in zip(stream[3:], resumed):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     # each pair of labeled batches of 4 is one epoch over the 8 labeled images
     labeled = set(ssl.label_meta['indexes'])
     for epoch in range(3):
-        seen = np.concatenate([indices_of(stream[2 * epoch + i]['x']) for i in range(2)])
+        seen = np.concatenate([raw_indices(stream[2 * epoch + i]['x_images']) for i in range(2)])
         assert sorted(seen) == sorted(labeled)
-    assert not np.array_equal(indices_of(stream[0]['x']), indices_of(stream[2]['x']))
+    assert not np.array_equal(raw_indices(stream[0]['x_images']), raw_indices(stream[2]['x_images']))
     first = stream[0]
-    assert first['x'].shape == (4, 4, 4, 1) and first['u'].shape == (12, 4, 4, 1)
-    assert first['x'].dtype == np.float32 and first['x'].min() >= -1 and first['x'].max() <= 1
+    assert first['x_images'].shape == (4, 4, 4, 1) and first['u_images'].shape == (12, 4, 4, 1)
+    assert first['x_images'].dtype == np.uint8 and first['slot'] == 0
     np.testing.assert_array_equal(first['label'], [ssl.labeled.labels[list(ssl.label_meta['indexes']).index(i)]
-                                                   for i in indices_of(first['x'])])
+                                                   for i in raw_indices(first['x_images'])])
+    # u_index: positions in the unlabeled set
+    np.testing.assert_array_equal(ssl.unlabeled.images.numpy()[first['u_index']], first['u_images'])
+    np.testing.assert_array_equal(ssl.unlabeled.labels[first['u_index']], first['u_label'])
     # the seed changes the order
-    other = next(ssl.train_stream(4, 3, *views, seed=6, end_step=1).as_numpy_iterator())
-    assert not np.array_equal(indices_of(other['u']), indices_of(first['u']))
+    other = next(ssl.input_stream(4, 12, seed=6, end_step=1).as_numpy_iterator())
+    assert not np.array_equal(raw_indices(other['u_images']), raw_indices(first['u_images']))
+
+
+@pytest.mark.parametrize('pipelines', [1, 2, 4])
+def test_each_pipeline_reads_only_its_replicas_rows(root, pipelines):
+    """4 replicas over 1, 2 or 4 input pipelines: every pipeline yields its replicas' slices, in
+    replica order, and together they are the single-device global batch."""
+    ssl = data.load('idx.1@8-1')
+    single = list(ssl.input_stream(8, 16, seed=3, end_step=3).as_numpy_iterator())
+    parts = [list(ssl.input_stream(8, 16, seed=3, end_step=3, replicas=4, pipelines=pipelines, pipeline=p)
+                  .as_numpy_iterator()) for p in range(pipelines)]
+    local = 4 // pipelines
+    for step in range(3):
+        rows = [parts[p][step * local + r] for p in range(pipelines) for r in range(local)]
+        assert [int(e['slot']) for e in rows] == [0, 1, 2, 3]
+        for key in ('x_images', 'label', 'u_images', 'u_label', 'u_index'):
+            assert rows[0][key].shape[0] == single[step][key].shape[0] // 4  # each replica: a quarter
+            np.testing.assert_array_equal(np.concatenate([e[key] for e in rows]), single[step][key])
 
 
 def test_unlabeled_images_stream_from_disk_when_they_do_not_fit(root):
@@ -124,28 +146,19 @@ def test_unlabeled_images_stream_from_disk_when_they_do_not_fit(root):
     assert isinstance(streamed.unlabeled, data.StreamedSubset) and len(streamed.unlabeled) == 75
     np.testing.assert_array_equal(streamed.valid.images.numpy(), in_memory.valid.images.numpy())
     np.testing.assert_array_equal(streamed.valid.labels, in_memory.valid.labels)
-    valid = set(indices_of(tf.cast(in_memory.valid.images, tf.float32) / 255 * 2 - 1))
+    valid = set(raw_indices(in_memory.valid.images))
     seen = []
-    for batch in streamed.train_stream(4, 5, {'x': identity_view}, {'u': identity_view}, end_step=30):
-        index = indices_of(batch['u'])
-        np.testing.assert_array_equal(batch['u_label'], (np.round((batch['u'][:, 1, 1, 0] + 1) / 2 * 255) / 10))
+    for batch in streamed.input_stream(4, 20, end_step=30).as_numpy_iterator():
+        index = raw_indices(batch['u_images'])
+        np.testing.assert_array_equal(batch['u_label'], batch['u_images'][:, 1, 1, 0] // 10)
+        np.testing.assert_array_equal(in_memory.unlabeled.images.numpy()[batch['u_index']], batch['u_images'])
         seen.extend(index)
     assert not set(seen) & valid and len(set(seen)) == 75  # 600 draws: every unlabeled image, no validation one
     assert np.bincount(seen).max() <= 9  # 8 passes through the 75 images, reshuffled
-
-
-def test_views_receive_distinct_seeds_and_dict_outputs(root):
-    ssl = data.load('idx.1@8-1')
-
-    def noise(images, seed):
-        return tf.clip_by_value(images + tf.random.stateless_uniform(tf.shape(images), seed) * 0.01, 0, 1)
-
-    def with_extra(images, seed):
-        return dict(image=images, flag=tf.ones([tf.shape(images)[0]]))
-    batch = next(ssl.train_stream(4, 2, {'x': noise, 'y': with_extra}, {'u1': noise, 'u2': noise},
-                                  end_step=1).as_numpy_iterator())
-    assert not np.allclose(batch['u1'] - batch['u2'], 0)
-    assert batch['y_flag'].shape == (4,) and batch['y'].shape == (4, 4, 4, 1)
+    # two pipelines read disjoint halves of the streamed images
+    halves = [set(np.concatenate([raw_indices(b['u_images']) for b in streamed.input_stream(
+        4, 20, end_step=20, replicas=2, pipelines=2, pipeline=p).as_numpy_iterator()])) for p in range(2)]
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 75
 
 
 def test_eval_dataset_scaling(root):

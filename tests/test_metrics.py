@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from libml import metrics
-from libml import report
 
 
 def test_three_classes_by_hand():
@@ -55,9 +54,3 @@ def test_class_missing_from_the_test_set_is_left_out():
     m = metrics.classification_metrics(logits, np.array([0, 0]), 3)
     assert m['per_class'][1] is None and m['per_class'][2] is None
     assert m['balanced_accuracy'] == pytest.approx(50.0) and m['worst_class_accuracy'] == pytest.approx(50.0)
-
-
-def test_confusion_image_rows_are_rates():
-    image = report.confusion_image([[3, 1], [0, 4]], size=4)
-    assert image.shape == (1, 4, 4, 1)
-    np.testing.assert_allclose(image[0, ::2, ::2, 0], [[0.75, 0.25], [0.0, 1.0]])

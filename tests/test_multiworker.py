@@ -21,12 +21,20 @@ WORKER = textwrap.dedent('''
     values = json.loads(sys.argv[1])
     mode = sys.argv[2]
     s = settings.resolve(fixmatch.FixMatch.all_params(), values)
-    if mode == 'steps':  # a few steps, print the losses of each
+    if mode == 'steps':  # a few steps, print the losses of each and how many images this worker augmented
+        from libml import views
+        augmented = []
+        apply = views.View.apply
+        def counting_apply(self, images, params, xla=False):
+            augmented.append([self.code, int(images.shape[0])])  # at trace time: rows per step
+            return apply(self, images, params, xla)
+        views.View.apply = counting_apply
         trainer = train.Trainer(fixmatch.FixMatch, s)
         iterator = iter(trainer.train_dataset(0))
         losses = [{{k: float(v) for k, v in trainer.train_call(iterator, tf.constant(1, tf.int64)).items()}}
                   for _ in range(3)]
-        print('LOSSES ' + json.dumps(dict(replicas=trainer.strategy.num_replicas_in_sync, losses=losses)))
+        print('LOSSES ' + json.dumps(dict(replicas=trainer.strategy.num_replicas_in_sync, losses=losses,
+                                          augmented=augmented)))
     else:  # a whole run; with KILL_AT, the second worker dies at that step
         kill_at = int(os.environ.get('KILL_AT', '-1'))
         check = train.Trainer.check_finite
@@ -99,6 +107,11 @@ def test_two_workers_give_the_same_loss_as_one_device(fashion_mnist, tmp_path):
     two = [tagged(stdout, 'LOSSES') for _, stdout, _ in workers]
     assert one['replicas'] == 1 and two[0]['replicas'] == two[1]['replicas'] == 2
     assert two[0]['losses'] == two[1]['losses']  # both workers report the same global values
+    # each worker's pipeline and step augment only its own half of the global batch (16 labeled, 32 unlabeled)
+    rows = lambda report: sorted({tuple(entry) for entry in report['augmented']})  # noqa: E731 (traced twice)
+    assert rows(one) == [('d', 16), ('d', 32), ('rac', 32)]
+    for worker in two:
+        assert rows(worker) == [('d', 8), ('d', 16), ('rac', 16)]
     first_one, first_two = one['losses'][0], two[0]['losses'][0]
     for key in ('losses/xe', 'losses/xeu', 'losses/wd', 'monitors/mask'):
         assert first_two[key] == pytest.approx(first_one[key], rel=1e-5, abs=1e-6), key
