@@ -5,7 +5,7 @@ Paper settings (WRN-28-2; time not measured): the complete-case baseline on the 
 (Oliver et al., CIFAR-10 with 4000 labels) and the fully supervised model on every training label:
   python fully_supervised.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/supervised
   python fully_supervised.py --dataset=cifar10.1@4000-1 --all_labels --train_dir=./experiments/supervised
-Small local run on a CPU (30 kimg; time not measured):
+Small local run on a CPU (16 kimg; time not measured):
   python fully_supervised.py --dataset=fashion_mnist.1@250-1 --local --all_labels
 
 Loss, H = cross-entropy, weak(x) = flip + crop, strong(x) = the S view of --augment=L.W.S:

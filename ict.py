@@ -3,7 +3,7 @@
 
 Paper setting (CIFAR-10, 4000 labels, WRN-28-2; time not measured):
   python ict.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/ict
-Small local run on a CPU (30 kimg; time not measured):
+Small local run on a CPU (16 kimg; time not measured):
   python ict.py --dataset=fashion_mnist.1@250-1 --local
 
 With the EMA teacher f' (decay --ema) in training mode, q(u) = stop_gradient(softmax(f'(u))), and

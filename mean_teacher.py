@@ -3,7 +3,7 @@
 
 Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
   python mean_teacher.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/mean_teacher
-Small local run on a CPU (30 kimg; time not measured):
+Small local run on a CPU (16 kimg; time not measured):
   python mean_teacher.py --dataset=fashion_mnist.1@250-1 --local
 
 The teacher is the exponential moving average of the student's weights, theta' <- a theta' +

@@ -4,8 +4,8 @@
 Paper setting, CIFAR-10 with 250 labels, WRN-28-2, 64 labeled + 64 unlabeled images a step:
   python mixmatch.py --dataset=cifar10.3@250-1 --train_dir=./experiments/mixmatch
 (time not measured for this port.)
-Small local run on a CPU (Fashion-MNIST, 250 labels, 960 steps; about 7 minutes on 2 shared CPU
-cores, 72% EMA test accuracy at the end):
+Small local run on a CPU (Fashion-MNIST, 250 labels, 16 kimg = 500 steps of 32; time not measured
+since --local became WRN-10-1 with XLA):
   python mixmatch.py --dataset=fashion_mnist.1@250-1 --local
 
 Loss, with K = --nu views u_1..u_K of each unlabeled image (u_1 the W view of --augment=L.W.S,

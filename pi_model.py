@@ -3,7 +3,7 @@
 
 Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
   python pi_model.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/pi_model
-Small local run on a CPU (30 kimg; time not measured):
+Small local run on a CPU (16 kimg; time not measured):
   python pi_model.py --dataset=fashion_mnist.1@250-1 --local
 
 Loss, with two views a(u), b(u) of each unlabeled image (--augment=L.W.S: W gives a, S gives b),

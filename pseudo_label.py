@@ -3,7 +3,7 @@
 
 Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured):
   python pseudo_label.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/pseudo_label
-Small local run on a CPU (30 kimg; time not measured):
+Small local run on a CPU (16 kimg; time not measured):
   python pseudo_label.py --dataset=fashion_mnist.1@250-1 --local
 
 The model labels each unlabeled image with its own confident prediction and trains on it, both

@@ -4,8 +4,8 @@
 Paper setting, CIFAR-10 with 250 labels, WRN-28-2, 64 labeled + 64 unlabeled images a step, K = 8:
   python remixmatch.py --dataset=cifar10.3@250-1 --train_dir=./experiments/remixmatch
 (time not measured for this port.)
-Small local run on a CPU (Fashion-MNIST, 250 labels, K = 2 under --local, 960 steps; about 8 minutes
-on 2 shared CPU cores, 79% EMA test accuracy at the end):
+Small local run on a CPU (Fashion-MNIST, 250 labels, K = 2 under --local, 16 kimg = 500 steps of 32;
+time not measured since --local became WRN-10-1 with XLA):
   python remixmatch.py --dataset=fashion_mnist.1@250-1 --local
 
 Views as the reference's CTAugment pool (--augment=ctap.d.ctap): the labeled image x under a

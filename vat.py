@@ -5,7 +5,7 @@ Paper setting (Oliver et al.: CIFAR-10, 4000 labels, WRN-28-2; time not measured
   python vat.py --dataset=cifar10.1@4000-1 --train_dir=./experiments/vat
 SVHN uses a smaller perturbation: --dataset=svhn.1@1000-1 --vat_eps=1; VAT without entropy
 minimisation is --entmin_weight=0.
-Small local run on a CPU (30 kimg; time not measured):
+Small local run on a CPU (16 kimg; time not measured):
   python vat.py --dataset=fashion_mnist.1@250-1 --local
 
 With p(x) = stop_gradient(softmax(model(x))) and d ~ N(0, I) (one power iteration, xi = --vat_xi):

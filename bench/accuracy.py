@@ -23,13 +23,14 @@ from absl import flags  # noqa: E402
 
 ALGORITHMS = (('fully_supervised', 'FullySupervised'), ('fixmatch', 'FixMatch'), ('mixmatch', 'MixMatch'),
               ('remixmatch', 'ReMixMatch'), ('uda', 'UDA'), ('pi_model', 'PiModel'), ('mean_teacher', 'MeanTeacher'),
-              ('vat', 'VAT'), ('ict', 'ICT'), ('pseudo_label', 'PseudoLabel'))
+              ('vat', 'VAT'), ('ict', 'ICT'), ('pseudo_label', 'PseudoLabel'), ('mixup', 'MixUp'),
+              ('flexmatch', 'FlexMatch'))
 BASELINE = 'FullySupervised'
 
 flags.DEFINE_list('labels', ['40', '250'], 'Labeled split sizes.')
 flags.DEFINE_list('algorithms', [c for _, c in ALGORITHMS], 'Algorithms to run (class names).')
 flags.DEFINE_float('train_kimg', 8, 'Budget of every run, in thousands of labeled images.')
-flags.DEFINE_bool('local', True, 'Use the --local model and settings (WRN-16-1, batch 32).')
+flags.DEFINE_bool('local', True, 'Use the --local model and settings (WRN-10-1, batch 32, XLA).')
 flags.DEFINE_float('ema', None, 'Weight-EMA decay of every run (default: the --local or paper value). A budget of a '
                    'few kimg needs 0.9: a slower average is still near its random start at the end.')
 flags.DEFINE_float('bn_momentum', None, 'Batch-norm statistics decay of every run (default as --ema).')
@@ -78,7 +79,7 @@ def main(argv):
             for n in FLAGS.labels:
                 results[name, n] = run_one(name, n, train_dir)
                 print(f'{name} {n} labels: {results[name, n][0]:.2f}% in {results[name, n][1]:.0f} s', flush=True)
-    text = (f'Fashion-MNIST, {FLAGS.train_kimg:g} kimg per run, {"--local model (WRN-16-1, batch 32)" if FLAGS.local else "paper model"}, '
+    text = (f'Fashion-MNIST, {FLAGS.train_kimg:g} kimg per run, {"--local model (WRN-10-1, batch 32)" if FLAGS.local else "paper model"}, '
             f'seed {FLAGS.seed}, EMA/BN decay {FLAGS.ema or "default"}/{FLAGS.bn_momentum or "default"}; EMA test accuracy at the end of the run.\n\n' + table(results, FLAGS.labels))
     with utils.atomic_write(FLAGS.out) as tmp:
         with open(tmp, 'w') as f:

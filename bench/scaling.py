@@ -6,7 +6,7 @@ logical devices (the same cores shared: this measures the MirroredStrategy overh
 speed-up). The global batch is the same in both cases, so each of the 2 replicas computes half.
 
   python bench/scaling.py                          # WRN-28-2, 64 + 448 + 448 images per step
-  python bench/scaling.py --filters=16 --repeat=2 --batch=32
+  python bench/scaling.py --filters=16 --repeat=1 --batch=32
 The last line prints the ratio 2 replicas / 1 replica.
 """
 import os

@@ -8,7 +8,7 @@
 Images per step = batch * (1 + 2 * uratio) (960 for the paper's 64 + 448 + 448).
 
   python bench/train_step.py                      # WRN-28-2, batch 64, uratio 7 (paper step)
-  python bench/train_step.py --filters=16 --batch=32 --repeat=2   # the --local model
+  python bench/train_step.py --filters=16 --batch=32 --repeat=1 --settings=float32+xla   # the --local model
   python bench/train_step.py --settings=float32,float32+xla,mixed_bfloat16,mixed_float16+xla
 Each setting (precision, +xla for the XLA-compiled model step) is timed as a full step; the first
 one is also timed as a bare step. The last line prints full / bare (goal: >= 0.9) and every

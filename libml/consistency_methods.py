@@ -21,13 +21,14 @@ import tensorflow as tf
 from libml import debias
 from libml import keys
 from libml import losses
+from libml import params as params_lib
 from libml import train
 from libml.settings import Param, at_least
 
 # Oliver et al. ramp the weight up over 200k of their 500k iterations: 0.4 of the schedule, here
-# 0.4 * 65536 kimg; --local: 0.4 * 30 kimg.
+# 0.4 * 65536 kimg; --local: 0.4 * 16 kimg.
 WARMUP_KIMG = Param(0.4 * (1 << 16), 'The unlabeled weight grows linearly from 0 to --wu over this many kimg '
-                    '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=12.,
+                    '(0.4 of training as Oliver et al.: 200k of 500k iterations).', local=6.4,
                     check=at_least(0))
 UNLABELED_RATIO = Param(1, 'Unlabeled images per labeled image in a step.', check=at_least(1))
 # A plain labeled cross-entropy and a per-image unlabeled term: DeSSL, MNAR and CAP apply.
@@ -36,7 +37,7 @@ LABEL_BIAS = debias.Support(labeled_term=True, unlabeled_term=True)
 
 # The reference's VAT, ICT and MixUp optimisation: Adam at a constant lr 0.002, then after each step
 # w <- w * (1 - lr * wd) on the kernels with wd = 0.02 (state.AdamW).
-ADAM_SETUP = {name: dataclasses.replace(train.COMMON_PARAMS[name], default=default) for name, default in
+ADAM_SETUP = {name: dataclasses.replace(params_lib.COMMON[name], default=default) for name, default in
               dict(optimizer='adam', lr=0.002, lr_schedule='constant', wd=0.02).items()}
 
 JOINT_BN = Param(False, 'Departs from the reference: ONE training-mode forward pass over the labeled and unlabeled '

@@ -87,14 +87,40 @@ def sharpen(probs, temperature):
     return powered / tf.reduce_sum(powered, axis=1, keepdims=True)
 
 
+GAMMA_PROPOSALS = 8  # Marsaglia-Tsang proposals per Gamma draw: all rejected with probability < 0.05^8
+
+
+def stateless_gamma(n, alpha: float, seed) -> tf.Tensor:
+    """(n,) float64 Gamma(alpha, 1) draws, a function of `seed`, from ops XLA compiles (TensorFlow's
+    StatelessRandomGamma has no XLA kernel). Marsaglia & Tsang (2000): for a >= 1, d = a - 1/3,
+    c = 1/sqrt(9d), z ~ N(0, 1), u ~ U(0, 1), v = (1 + cz)^3; d v is accepted when v > 0 and
+    log u < z^2/2 + d - dv + d log v (probability >= 0.95); the first accepted of GAMMA_PROPOSALS
+    proposals is kept. alpha < 1: Gamma(alpha) = Gamma(alpha + 1) U^(1/alpha)."""
+    a = alpha + 1 if alpha < 1 else alpha
+    d = a - 1 / 3
+    c = 1 / (9 * d) ** 0.5
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    z = tf.random.stateless_normal([n, GAMMA_PROPOSALS], seeds[0], dtype=tf.float64)
+    u = tf.random.stateless_uniform([n, GAMMA_PROPOSALS], seeds[1], dtype=tf.float64)
+    v = (1 + c * z) ** 3
+    positive = v > 0
+    log_v = tf.math.log(tf.where(positive, v, tf.ones_like(v)))
+    accepted = positive & (tf.math.log(u) < 0.5 * z * z + d - d * v + d * log_v)
+    first = tf.argmax(tf.cast(accepted, tf.int32), axis=1, output_type=tf.int32)  # 0 when none (p < 4e-11)
+    draws = d * tf.gather(tf.where(positive, v, tf.ones_like(v)), first, axis=1, batch_dims=1)
+    if alpha < 1:
+        boost = tf.random.stateless_uniform([n], seeds[2], dtype=tf.float64)
+        draws *= boost ** (1 / alpha)
+    return draws
+
+
 def mixup_lambda(n, alpha, seed):
-    """(n,) mixing weights lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), stateless.
-    lambda = a / (a + b), a, b ~ Gamma(alpha) drawn in float64 (a small alpha gives Gamma draws that
-    underflow float32; 0 / 0 gives lambda = 0, lambda' = 1)."""
+    """(n,) mixing weights lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), stateless and
+    XLA-compilable. lambda = a / (a + b), a, b ~ Gamma(alpha) drawn in float64 (`stateless_gamma`; a small
+    alpha gives Gamma draws that underflow float32; 0 / 0 gives lambda = 0, lambda' = 1)."""
     seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    alpha = tf.constant(alpha, tf.float64)
-    a = tf.random.stateless_gamma([n], seed_a, alpha, dtype=tf.float64)
-    b = tf.random.stateless_gamma([n], seed_b, alpha, dtype=tf.float64)
+    a = stateless_gamma(n, float(alpha), seed_a)
+    b = stateless_gamma(n, float(alpha), seed_b)
     lam = tf.cast(tf.math.divide_no_nan(a, a + b), tf.float32)
     return tf.maximum(lam, 1 - lam)
 

@@ -90,15 +90,22 @@ class Settings(dict):
             raise AttributeError(name) from None
 
 
-def define_flags(params):
-    """Defines one absl flag per Param (type taken from the default), unless already defined."""
+HELP_GROUPS = []  # the titles of --help's groups of flags, in order (absl's module names)
+
+
+def define_flags(params, group: Optional[str] = None) -> None:
+    """Defines one absl flag per Param (type taken from the default), unless already defined; --help
+    lists them under the title `group` (default: the entry script's own flags)."""
+    group = group or sys.argv[0]
+    if group not in HELP_GROUPS:
+        HELP_GROUPS.append(group)
     for name, p in params.items():
         if name in flags.FLAGS:
             continue
         text = p.help + (f' [--local: {p.local}]' if p.local is not UNSET else '')
         if isinstance(p.check, Range):
             text += f' (must be {p.check})'
-        where = dict(module_name=sys.argv[0])  # listed by --help of the entry script
+        where = dict(module_name=group)
         if p.choices:
             flags.DEFINE_enum(name, p.default, list(p.choices), text, **where)
         elif isinstance(p.default, bool):
@@ -109,6 +116,18 @@ def define_flags(params):
             flags.DEFINE_float(name, p.default, text, **where)
         else:
             flags.DEFINE_string(name, p.default, text, **where)
+
+
+def grouped_help(doc: str) -> str:
+    """--help: the entry script's docstring, then its flags group by group (`define_flags`)."""
+    groups = [flags.FLAGS.module_help(group).strip() for group in HELP_GROUPS]
+    return '\n\n'.join([doc.strip(), 'flags:', *groups, FLAG_FILES]) + '\n'
+
+
+FLAG_FILES = """Settings from a file: --flagfile=FILE reads one --flag=value per line (configs/*.cfg hold the papers'
+settings, e.g. --flagfile=configs/fixmatch_cifar10_40.cfg); flags after it override it.
+  --debug: on an error, also print its Python traceback (same as FIXMATCH_DEBUG=1).
+  --helpfull: every flag, absl's own included."""
 
 
 def from_flags(params):

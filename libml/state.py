@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
+from absl import logging
 
+from libml import checkpoints
 from libml import models
 from libml import records
 from libml import targets
@@ -103,19 +105,27 @@ def classify(model: keras.Model, ema: 'EMA | None', images: tf.Tensor, training:
 
 
 def load_ema_model(run_dir: str):
-    """(settings dict, DatasetInfo, Keras model holding the EMA weights of the run's newest checkpoint).
-
-    The raw weights are used when the run has no EMA (--ema=0)."""
+    """(settings dict, DatasetInfo, Keras model holding the EMA weights, checkpoint prefix) of the run's
+    newest readable checkpoint (found by its index file, every tensor read first, as a resume does: an
+    unreadable one is skipped with a warning). The raw weights are used when the run has no EMA (--ema=0)."""
     saved = utils.read_json(os.path.join(run_dir, 'args.json'), 'run settings (args.json of a run directory)')
     info = records.DatasetInfo.load(targets.recipe_for(targets.parse_name(saved['dataset']).target).base)
     model = create_model(dict(saved, sync_bn=False), info)
     ema = EMA(model.trainable_variables, saved['ema']) if saved['ema'] else None
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, 'tf'))
-    if latest is None:
+    found = checkpoints.find(os.path.join(run_dir, 'tf'))
+    if not found:
         raise utils.UserError(f'no checkpoint in {run_dir}/tf; train the run first (its command is in args.json)')
-    checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
-    if ema:
-        for variable, average in zip(model.trainable_variables, ema.averages):
-            variable.assign(average)
-    return saved, info, model
+    for _, prefix in found:
+        try:
+            checkpoints.read_all(prefix)
+        except Exception as e:  # noqa: BLE001 (any unreadable file: try the older one)
+            logging.warning(f'skipping checkpoint {prefix}: cannot read it ({checkpoints.reason(e)})')
+            continue
+        checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
+        checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+        if ema:
+            for variable, average in zip(model.trainable_variables, ema.averages):
+                variable.assign(average)
+        return saved, info, model, prefix
+    raise utils.UserError(f'no readable checkpoint in {run_dir}/tf (all {len(found)} are damaged); train the run '
+                          f'again (its command is in args.json)')

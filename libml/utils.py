@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Callable, Optional
 
 from absl import app
 from absl import flags
@@ -301,10 +302,13 @@ def _absl_handler_off(record):
     return False
 
 
-def run(main):
+HELP_ARGS = ('--help', '-help', '-?', '--helpshort', '-h')
+
+
+def run(main, help_text: Optional[Callable[[], str]] = None):
     """absl's app.run, with short log lines (`use_short_logs`) and UserError printed as one `error: ...` line and
     exit status 2: above any progress bar, without TensorFlow's op text and without traceback; --debug (or
-    FIXMATCH_DEBUG=1) prints the traceback too."""
+    FIXMATCH_DEBUG=1) prints the traceback too. help_text() replaces absl\'s --help text."""
     if 'debug' not in flags.FLAGS:
         flags.DEFINE_bool('debug', False, 'On an error, also print its Python traceback (same as FIXMATCH_DEBUG=1).')
 
@@ -329,6 +333,9 @@ def run(main):
             report(e)
 
     def parse_flags(argv):
+        if help_text and any(arg in HELP_ARGS for arg in argv[1:argv.index('--') if '--' in argv else None]):
+            print(help_text())
+            sys.exit(0)
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:

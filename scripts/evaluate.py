@@ -46,21 +46,10 @@ def checkpoint_step(path):
     return int(reader.get_tensor(key)) if reader.has_tensor(key) else None
 
 
-def load_model(run_dir):
-    """(settings, DatasetInfo, EMA model, checkpoint path) of the run's newest checkpoint, read again when a
-    running training saved a newer one meanwhile."""
-    for _ in range(3):
-        before = tf.train.latest_checkpoint(os.path.join(run_dir, 'tf'))
-        saved, info, model = state.load_ema_model(run_dir)
-        if tf.train.latest_checkpoint(os.path.join(run_dir, 'tf')) == before:
-            break
-    return saved, info, model, before
-
-
 def evaluate(run_dir, dataset=None, batch=500):
     """Metrics dict of the run's EMA model on the test set of `dataset` (default: the run's), with the
     checkpoint file (`checkpoint`), its step and kimg."""
-    saved, info, model, checkpoint = load_model(run_dir)
+    saved, info, model, checkpoint = state.load_ema_model(run_dir)
     dataset = dataset or saved['dataset']
     test_info, test = data.load_test_set(dataset)
     if test_info.nclass != info.nclass or tuple(test_info.shape) != tuple(info.shape):

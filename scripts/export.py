@@ -75,7 +75,7 @@ def write_saved_model(exported, shape, path):
 def export(run_dir, out=None):
     """Writes out/model.keras and out/saved_model; returns out. Both are written under temporary
     names and renamed into place."""
-    _, info, model = state.load_ema_model(run_dir)
+    _, info, model, _ = state.load_ema_model(run_dir)
     out = out or os.path.join(run_dir, 'export')
     os.makedirs(out, exist_ok=True)
     shape, padding = raw_shape(info)

@@ -1,5 +1,6 @@
 """Shared test setup: project root on sys.path, quiet TensorFlow, a private $ML_DATA per session."""
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,3 +33,16 @@ def fashion_mnist(fashion_mnist_root, monkeypatch):
     """$ML_DATA pointing at the shared converted Fashion-MNIST."""
     monkeypatch.setenv('ML_DATA', fashion_mnist_root)
     return fashion_mnist_root
+
+
+def run_scripts(commands, train_dir, at_once=2):
+    """{(script, arg): (exit status, stdout, stderr)} of `python script arg --train_dir=train_dir` run from
+    the project root with $ML_DATA = train_dir, `at_once` processes at a time (2 CPU cores)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', ML_DATA=str(train_dir))
+    done = {}
+    for start in range(0, len(commands), at_once):
+        running = {c: subprocess.Popen([sys.executable, c[0], c[1], f'--train_dir={train_dir}'], cwd=ROOT, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for c in commands[start:start + at_once]}
+        done.update({c: (p.wait(timeout=300), *p.communicate()) for c, p in running.items()})
+    return done

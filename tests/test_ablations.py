@@ -1,9 +1,6 @@
 """The FixMatch ablations of the reference's ablation/ folder, as flags of fixmatch.py: their losses
 on fixed logits against hand computations, the optimizer and schedule options, and their views."""
-import os
 import re
-import subprocess
-import sys
 import types
 
 import keras
@@ -13,7 +10,7 @@ import tensorflow as tf
 
 import fakes
 import fixmatch
-from conftest import ROOT
+from conftest import run_scripts
 from libml import settings as settings_lib
 from libml import state
 from libml import train
@@ -201,20 +198,16 @@ def test_the_trainer_schedule_reaches_lr_end():
 # Command lines of fixmatch.py (the ablation flags) and flexmatch.py.
 
 def test_command_lines_list_the_ablation_and_flexmatch_flags(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', ML_DATA=str(tmp_path))
     commands = [('fixmatch.py', '--help'), ('flexmatch.py', '--help'), ('fixmatch.py', '--sharpen=soft'),
                 ('fixmatch.py', '--teacher=student')]
-    done = {}
-    for start in range(0, len(commands), 2):  # two at a time: 2 CPU cores
-        running = {c: subprocess.Popen([sys.executable, c[0], c[1], f'--train_dir={tmp_path}'], cwd=ROOT, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for c in commands[start:start + 2]}
-        done.update({c: (p.wait(timeout=300), *p.communicate()) for c, p in running.items()})
+    done = run_scripts(commands, tmp_path)
     flags = {'fixmatch.py': ('sharpen', 'T', 'teacher', 'nstrong', 'momentum', 'nesterov', 'lr_end'),
              'flexmatch.py': ('confidence', 'warmup', 'wu', 'uratio', 'augment', 'CAI', 'CAP', 'debiased')}
     for script, names in flags.items():
         _, out, err = done[script, '--help']
         assert f'python {script} --dataset=' in out, err[-2000:]  # the docstring's paper command
+        groups = [out.index(title) for title in ("own settings:", 'label-bias add-ons', 'common settings:', '--flagfile')]
+        assert groups == sorted(groups), groups  # --help: the method's flags, the add-ons', the common ones, then files
         for name in names:
             assert re.search(rf'^  --(\[no\])?{name}: ', out, re.MULTILINE), (script, name)
     for command in commands[2:]:

@@ -1,9 +1,6 @@
 """Pi-model, Mean Teacher, VAT, ICT, Pseudo-Label and the supervised baselines: losses on fixed
 logits against hand computations, the consistency distances, the ramp-up, DeSSL, batch-norm
 choices, command lines and a short Fashion-MNIST run of each that learns."""
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -17,7 +14,7 @@ import pi_model
 import pseudo_label
 import vat
 import fakes
-from conftest import ROOT
+from conftest import run_scripts
 from libml import data
 from libml import losses
 from libml import settings as settings_lib
@@ -598,14 +595,8 @@ BAD_VALUES = {'pi_model.py': '--consistency=cosine', 'mean_teacher.py': '--consi
 
 
 def test_command_lines_list_their_flags_and_refuse_bad_values(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', ML_DATA=str(tmp_path))
     commands = [(script, '--help') for script in SCRIPTS] + list(BAD_VALUES.items())
-    done = {}
-    for start in range(0, len(commands), 2):  # two at a time: 2 CPU cores
-        running = {c: subprocess.Popen([sys.executable, c[0], c[1], f'--train_dir={tmp_path}'], cwd=ROOT, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for c in commands[start:start + 2]}
-        done.update({c: (p.wait(timeout=300), *p.communicate()) for c, p in running.items()})
+    done = run_scripts(commands, tmp_path)
     for script, (title, *names) in SCRIPTS.items():
         status, out, err = done[script, '--help']
         assert out.splitlines()[0].startswith(title) and f'python {script} --dataset=' in out, \

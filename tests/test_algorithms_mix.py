@@ -2,8 +2,6 @@
 building blocks, DeSSL, flags, checkpointed state and a short Fashion-MNIST run of each that learns."""
 import os
 import re
-import subprocess
-import sys
 import types
 
 import keras
@@ -16,7 +14,7 @@ import mixup
 import remixmatch
 import uda
 import fakes
-from conftest import ROOT
+from conftest import run_scripts
 from libml import losses
 from libml import settings as settings_lib
 from libml import train
@@ -118,6 +116,19 @@ def test_mixup_lambda_is_the_max_of_a_beta_0_75_draw():
     reference = np.random.default_rng(0).beta(0.75, 0.75, 200000)
     # E[max(l, 1 - l)]: about 0.79 for Beta(0.75, 0.75), 0.82 for Beta(0.5, 0.5)
     assert lam.mean() == pytest.approx(np.maximum(reference, 1 - reference).mean(), abs=0.006)
+
+
+def test_gamma_draws_follow_gamma_and_compile_with_xla():
+    """losses.stateless_gamma (Marsaglia-Tsang, boosted below 1): Gamma(alpha) by a KS test, mean and variance
+    alpha; the MixUp lambdas compile with XLA (the ICT, MixUp, MixMatch and ReMixMatch steps under --xla)."""
+    from scipy import stats
+    for alpha in (0.1, 0.5, 0.75, 2.0):
+        draws = losses.stateless_gamma(50000, alpha, tf.constant([3, 4], tf.int64)).numpy()
+        assert draws.min() >= 0 and stats.kstest(draws, 'gamma', args=(alpha,)).pvalue > 1e-3, alpha
+        assert draws.mean() == pytest.approx(alpha, rel=0.03) and draws.var() == pytest.approx(alpha, rel=0.06)
+    compiled = tf.function(lambda s: losses.mixup_lambda(1000, 0.5, s), jit_compile=True)
+    lam = compiled(tf.constant([1, 2], tf.int64)).numpy()
+    assert lam.shape == (1000,) and lam.min() >= 0.5 and lam.max() <= 1 and np.isfinite(lam).all()
 
 
 def test_step_seed_depends_on_seed_step_and_salt_only():
@@ -493,11 +504,8 @@ BAD_VALUES = {'mixmatch.py': '--consistency=foo', 'remixmatch.py': '--K=many', '
 
 
 def test_command_lines_list_their_flags_and_refuse_bad_values(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', ML_DATA=str(tmp_path))
     commands = [(script, '--help') for script in FLAGS] + list(BAD_VALUES.items())
-    running = [subprocess.Popen([sys.executable, script, arg, f'--train_dir={tmp_path}'], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for script, arg in commands]
-    done = {command: (p.wait(timeout=300), *p.communicate()) for command, p in zip(commands, running)}
+    done = run_scripts(commands, tmp_path)
     for script, names in FLAGS.items():
         _, out, err = done[script, '--help']  # absl exits with status 1 after --help
         assert f'  python {script} --dataset=cifar10.3@' in out  # the docstring's paper command

@@ -25,7 +25,7 @@ def tiny_run(fashion_mnist_root, tmp_path_factory):
     previous = os.environ.get('ML_DATA')
     os.environ['ML_DATA'] = fashion_mnist_root
     try:
-        yield run_tiny(tmp_path_factory.mktemp('run'), train_kimg=0.25, report_kimg=0.25)
+        yield run_tiny(tmp_path_factory.mktemp('run'), train_kimg=0.25, report_kimg=0.25, save_kimg=0.125)
     finally:
         os.environ['ML_DATA'] = previous or ''
 
@@ -76,7 +76,7 @@ def test_exported_models_classify_raw_images(tiny_run, fashion_mnist, tmp_path):
     padded = np.asarray(test.images[:200])
     assert padded.shape[1:] == (32, 32, 1) and not padded[:, :2].any() and not padded[:, :, -2:].any()
     raw = padded[:, 2:30, 2:30]  # the original IDX pixels
-    _, _, model = evaluate.state.load_ema_model(tiny_run['run_dir'])
+    _, _, model, _ = evaluate.state.load_ema_model(tiny_run['run_dir'])
     expected = tf.nn.softmax(model(padded.astype(np.float32) * 2 / 255 - 1, training=False)).numpy()
     keras_model = keras.models.load_model(os.path.join(out, 'model.keras'))
     assert tuple(keras_model.input_shape) == (None, 28, 28, 1)
@@ -98,3 +98,23 @@ def test_raw_shapes():
     for name in ('cifar10', 'svhn', 'stl10', 'my_digits'):
         info = records.DatasetInfo(name, (32, 32, 3), 10, [])
         assert export.raw_shape(info) == ((32, 32, 3), (0, 0))
+
+
+def test_evaluation_skips_a_damaged_newest_checkpoint(tiny_run, fashion_mnist, tmp_path):
+    """evaluate/export read checkpoints as a resume does: a truncated newest one is skipped for the older one."""
+    import shutil
+    copy = str(tmp_path / 'run')
+    shutil.copytree(tiny_run['run_dir'], copy)
+    tf_dir = os.path.join(copy, 'tf')
+    steps = sorted(int(n[len('ckpt-'):-len('.index')]) for n in os.listdir(tf_dir) if n.endswith('.index'))
+    assert len(steps) >= 2, steps
+    newest = [n for n in os.listdir(tf_dir) if n.startswith(f'ckpt-{steps[-1]}.data-')][0]
+    with open(os.path.join(tf_dir, newest), 'r+b') as f:
+        f.truncate(os.path.getsize(f.name) // 2)
+    result = evaluate.evaluate(copy)
+    assert result['step'] == steps[-2] and result['checkpoint'].endswith(f'ckpt-{steps[-2]}')
+    for name in os.listdir(tf_dir):
+        if name.startswith('ckpt-') and '.data-' in name:
+            os.truncate(os.path.join(tf_dir, name), 0)
+    with pytest.raises(utils.UserError, match='no readable checkpoint'):
+        evaluate.evaluate(copy)

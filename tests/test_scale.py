@@ -1,4 +1,4 @@
-"""Speed and scale settings: --deterministic (same run twice, exact resume with CTAugment),
+"""Speed and scale settings: CTAugment runs exact without --deterministic (same run twice, exact resume),
 --precision, --xla and --steps_per_call."""
 import json
 import os
@@ -25,7 +25,7 @@ DETERMINISTIC_SCRIPT = textwrap.dedent('''
     import fixmatch
     from libml import train
     from test_train import TINY, trained_state
-    values = dict(TINY, dataset='fashion_mnist.1@40-1', augment='d.d.cta', deterministic=True, train_kimg=0.75,
+    values = dict(TINY, dataset='fashion_mnist.1@40-1', augment='d.d.cta', deterministic=False, train_kimg=0.75,
                   report_kimg=0.75, save_kimg=0.25)
     straight = fixmatch.FixMatch.run(train_dir={root_a!r}, **values)
     again = fixmatch.FixMatch.run(train_dir={root_b!r}, **values)
@@ -49,7 +49,10 @@ DETERMINISTIC_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_deterministic_runs_and_resume_are_identical_with_ctaugment(fashion_mnist, tmp_path):
+def test_ctaugment_runs_and_resume_are_identical_without_deterministic(fashion_mnist, tmp_path):
+    """The strong views of step t come from the rates after step t-1 inside the step: no lag that varies
+    from run to run, so without --deterministic two runs and a killed-and-resumed run end bit-identical
+    (on CPU, whose kernels are deterministic; --deterministic adds deterministic GPU kernels)."""
     script = DETERMINISTIC_SCRIPT.format(root=ROOT, root_a=str(tmp_path / 'a'), root_b=str(tmp_path / 'b'),
                                          root_c=str(tmp_path / 'c'))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.path.join(ROOT, 'tests'))

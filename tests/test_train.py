@@ -112,7 +112,7 @@ def test_settings_local_defaults_names_and_errors():
     paper = settings_lib.resolve(params, {})
     assert (paper.filters, paper.batch, paper.train_kimg, paper.lr, paper.augment) == (32, 64, 65536, 0.03, 'd.d.cta')
     local = settings_lib.resolve(params, dict(local=True, filters=8))
-    assert (local.filters, local.repeat, local.batch) == (8, 2, 32)
+    assert (local.filters, local.repeat, local.batch, local.train_kimg, local.xla) == (8, 1, 32, 16, True)
     assert settings_lib.run_name('FixMatch', params, local) == 'FixMatch_local_filters8'
     assert settings_lib.run_name('FixMatch', params, settings_lib.resolve(params, dict(lr=0.05, wu=0))) == \
         'FixMatch_lr0.05_wu0'

@@ -1,0 +1,60 @@
+"""The settings every algorithm shares (model, schedule, optimisation, devices, CTAugment), declared once
+as `Param`s: each is a flag, a keyword argument of `Algorithm.run`, part of the run name unless
+identity=False, and range-checked (`check=`) before anything is written. An algorithm's own
+settings are its `params`; the label-bias add-ons' are `debias.PARAMS`.
+"""
+from libml.settings import Param, above, at_least, in_range, non_empty
+
+COMMON = dict(
+    dataset=Param('cifar10.3@250-1', 'Training data: target.seed@size-valid, e.g. cifar10.1@40-1, '
+                  'cifar10_LT_20.1@20-1, fashion_mnist.1@40-1.', identity=False),
+    train_dir=Param('./experiments', 'Folder of the runs: <train_dir>/<dataset>/<algorithm_settings>/.',
+                    identity=False, check=non_empty),
+    local=Param(False, 'One switch for a small run on a CPU: a narrow, shallow WRN (WRN-10-1), a short schedule '
+                'and the step compiled with XLA (the paper settings stay the defaults).'),
+    arch=Param('wrn', 'Model architecture.', choices=('wrn', 'resnet18', 'cnn13')),
+    filters=Param(32, 'WRN width: stage s has filters << s channels (32 = WRN-28-2, 128 = WRN-28-8).', local=16,
+                  check=at_least(1)),
+    scales=Param(0, 'WRN stages; 0 = ceil(log2(image width)) - 2 (3 at 32 px, 5 at 96 px).', check=at_least(0)),
+    repeat=Param(4, 'Residual blocks per WRN stage (4 = WRN-28, 1 = WRN-10).', local=1, check=at_least(1)),
+    bn_momentum=Param(0.999, 'Decay of the batch-norm moving statistics used at evaluation.', local=0.99,
+                      check=in_range(0, 1, high_open=True)),
+    sync_bn=Param(False, 'Batch-norm statistics over the whole global batch (all replicas) instead of per replica.'),
+    batch=Param(64, 'Labeled images per step, over all devices.', local=32, check=at_least(1)),
+    lr=Param(0.03, 'Learning rate at the start (see --lr_schedule).', check=above(0)),
+    lr_schedule=Param('cosine', 'Learning rate after a fraction t/T of training: cosine lr*cos(7 pi/16 t/T), '
+                      'constant lr, linear lr*(1 - t/T).', choices=('cosine', 'constant', 'linear')),
+    optimizer=Param('sgd', 'sgd: SGD with Nesterov momentum 0.9 and L2 weight decay in the loss; adam: Adam with '
+                    'decoupled weight decay w <- w - lr*wd*w on the kernels.', choices=('sgd', 'adam')),
+    wd=Param(5e-4, 'Weight decay on conv and dense kernels: sgd adds wd * sum(w^2)/2 to the loss, adam decays '
+             'w by lr*wd*w each step.', check=at_least(0)),
+    ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).',
+              local=0.99, check=in_range(0, 1, high_open=True)),
+    seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.', check=in_range(0, 2**32 - 1)),
+    train_kimg=Param(float(1 << 16), 'Training length in thousands of labeled images (1<<16 kimg = 2^20 steps of 64).',
+                     local=16., check=above(0)),
+    report_kimg=Param(64., 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
+                      identity=False, local=2., check=above(0)),
+    save_kimg=Param(64., 'Save a checkpoint every this many kimg.', identity=False, local=2., check=above(0)),
+    keep_ckpt=Param(10, 'Number of checkpoints kept.', identity=False, check=at_least(1)),
+    devicenum=Param(0, 'Number of devices to train on (0 = all visible GPUs; one CPU without GPU).',
+                    identity=False, check=at_least(0)),
+    steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False,
+                         check=at_least(1)),
+    eval_batch=Param(500, 'Images per evaluation batch.', identity=False, check=at_least(1)),
+    precision=Param('float32', 'Compute precision: mixed_float16 or mixed_bfloat16 run the layers in 16 bits, with '
+                    'float32 variables, logits, softmax and losses (float16 with dynamic loss scaling).',
+                    choices=('float32', 'mixed_float16', 'mixed_bfloat16')),
+    xla=Param(False, 'Compile the training step with XLA: augmentation, forward, backward, update and EMA as one '
+              'program on one device (the part before the cross-replica gradient sum on several). Random numbers drawn '
+              'in the loss (MixUp, VAT, ReMixMatch) come from XLA\'s generator: other draws of the same distributions.',
+              identity=False, local=True),
+    deterministic=Param(False, 'Deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism): '
+                        'the same run gives bit-identical weights. Augmentation is exact without it.',
+                        identity=False),
+    cta_depth=Param(2, 'CTAugment: operations per policy.', check=at_least(1)),
+    cta_th=Param(0.8, 'CTAugment: bins whose normalised rate is below this threshold are never sampled.',
+                 check=in_range(0, 1)),
+    cta_decay=Param(0.99, 'CTAugment: rate update rate[bin] = decay*rate[bin] + (1-decay)*proximity.',
+                    check=in_range(0, 1, low_open=True, high_open=True)),
+)
