@@ -19,6 +19,7 @@ import glob
 import os
 import re
 import tempfile
+from typing import Callable, Iterator
 
 import tensorflow as tf
 from absl import logging
@@ -87,6 +88,18 @@ def read_all(prefix: str) -> None:
         reader.get_tensor(name)
 
 
+def readable(directory: str, skip: Callable[[str, BaseException], None]) -> Iterator[tuple]:
+    """(step, prefix) of the checkpoints in `directory` whose every tensor reads (`read_all`), newest
+    first; `skip(prefix, error)` is called for each one that cannot be read."""
+    for number, prefix in find(directory):
+        try:
+            read_all(prefix)
+        except Exception as e:  # noqa: BLE001 (any unreadable checkpoint: the caller falls back to an older one)
+            skip(prefix, e)
+            continue
+        yield number, prefix
+
+
 def write_state(directory: str, prefixes: list) -> None:
     """TensorFlow's `checkpoint` state file (text protobuf), oldest first, the last one the latest;
     paths relative to `directory`."""
@@ -135,13 +148,12 @@ class Checkpoints:
                             os.path.join(self.directory, STATE_FILE), ', '.join(os.path.basename(p) for _, p in
                                                                              candidates))
         failures, mismatched = [], []
-        for number, prefix in candidates:
-            try:
-                read_all(prefix)
-            except Exception as e:  # noqa: BLE001 (any unreadable checkpoint: fall back to an older one)
-                failures.append(f'{os.path.basename(prefix)}: {reason(e)}')
-                self.set_aside(prefix, reason(e))
-                continue
+
+        def unreadable(prefix, error):
+            failures.append(f'{os.path.basename(prefix)}: {reason(error)}')
+            self.set_aside(prefix, reason(error))
+
+        for number, prefix in readable(self.directory, unreadable):
             try:
                 self.checkpoint.read(prefix).assert_existing_objects_matched()
             except Exception as e:  # noqa: BLE001 (variables may be assigned: only a full restore may follow)

@@ -104,10 +104,10 @@ def stateless_gamma(n, alpha: float, seed) -> tf.Tensor:
     u = tf.random.stateless_uniform([n, GAMMA_PROPOSALS], seeds[1], dtype=tf.float64)
     v = (1 + c * z) ** 3
     positive = v > 0
-    log_v = tf.math.log(tf.where(positive, v, tf.ones_like(v)))
-    accepted = positive & (tf.math.log(u) < 0.5 * z * z + d - d * v + d * log_v)
+    v = tf.where(positive, v, tf.ones_like(v))  # rejected anyway; keeps log v finite
+    accepted = positive & (tf.math.log(u) < 0.5 * z * z + d - d * v + d * tf.math.log(v))
     first = tf.argmax(tf.cast(accepted, tf.int32), axis=1, output_type=tf.int32)  # 0 when none (p < 4e-11)
-    draws = d * tf.gather(tf.where(positive, v, tf.ones_like(v)), first, axis=1, batch_dims=1)
+    draws = d * tf.gather(v, first, axis=1, batch_dims=1)
     if alpha < 1:
         boost = tf.random.stateless_uniform([n], seeds[2], dtype=tf.float64)
         draws *= boost ** (1 / alpha)

@@ -112,20 +112,20 @@ def load_ema_model(run_dir: str):
     info = records.DatasetInfo.load(targets.recipe_for(targets.parse_name(saved['dataset']).target).base)
     model = create_model(dict(saved, sync_bn=False), info)
     ema = EMA(model.trainable_variables, saved['ema']) if saved['ema'] else None
-    found = checkpoints.find(os.path.join(run_dir, 'tf'))
+    tf_dir = os.path.join(run_dir, 'tf')
+    found = checkpoints.find(tf_dir)
     if not found:
-        raise utils.UserError(f'no checkpoint in {run_dir}/tf; train the run first (its command is in args.json)')
-    for _, prefix in found:
-        try:
-            checkpoints.read_all(prefix)
-        except Exception as e:  # noqa: BLE001 (any unreadable file: try the older one)
-            logging.warning(f'skipping checkpoint {prefix}: cannot read it ({checkpoints.reason(e)})')
-            continue
+        raise utils.UserError(f'no checkpoint in {tf_dir}; train the run first (its command is in args.json)')
+
+    def unreadable(prefix, error):
+        logging.warning(f'skipping checkpoint {prefix}: cannot read it ({checkpoints.reason(error)})')
+
+    for _, prefix in checkpoints.readable(tf_dir, unreadable):
         checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
         if ema:
             for variable, average in zip(model.trainable_variables, ema.averages):
                 variable.assign(average)
         return saved, info, model, prefix
-    raise utils.UserError(f'no readable checkpoint in {run_dir}/tf (all {len(found)} are damaged); train the run '
+    raise utils.UserError(f'no readable checkpoint in {tf_dir} (all {len(found)} are damaged); train the run '
                           f'again (its command is in args.json)')
