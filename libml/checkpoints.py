@@ -88,10 +88,10 @@ def read_all(prefix: str) -> None:
         reader.get_tensor(name)
 
 
-def readable(directory: str, skip: Callable[[str, BaseException], None]) -> Iterator[tuple]:
-    """(step, prefix) of the checkpoints in `directory` whose every tensor reads (`read_all`), newest
-    first; `skip(prefix, error)` is called for each one that cannot be read."""
-    for number, prefix in find(directory):
+def readable(found: list, skip: Callable[[str, BaseException], None]) -> Iterator[tuple]:
+    """(step, prefix) of the checkpoints `found` (by `find`, newest first) whose every tensor reads
+    (`read_all`), in that order; `skip(prefix, error)` is called for each one that cannot be read."""
+    for number, prefix in found:
         try:
             read_all(prefix)
         except Exception as e:  # noqa: BLE001 (any unreadable checkpoint: the caller falls back to an older one)
@@ -153,7 +153,7 @@ class Checkpoints:
             failures.append(f'{os.path.basename(prefix)}: {reason(error)}')
             self.set_aside(prefix, reason(error))
 
-        for number, prefix in readable(self.directory, unreadable):
+        for number, prefix in readable(candidates, unreadable):
             try:
                 self.checkpoint.read(prefix).assert_existing_objects_matched()
             except Exception as e:  # noqa: BLE001 (variables may be assigned: only a full restore may follow)

@@ -120,7 +120,7 @@ def load_ema_model(run_dir: str):
     def unreadable(prefix, error):
         logging.warning(f'skipping checkpoint {prefix}: cannot read it ({checkpoints.reason(error)})')
 
-    for _, prefix in checkpoints.readable(tf_dir, unreadable):
+    for _, prefix in checkpoints.readable(found, unreadable):
         checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
         if ema:
