@@ -25,8 +25,8 @@ DETERMINISTIC_SCRIPT = textwrap.dedent('''
     import fixmatch
     from libml import train
     from test_train import TINY, trained_state
-    values = dict(TINY, dataset='fashion_mnist.1@40-1', augment='d.d.cta', deterministic=False, train_kimg=0.75,
-                  report_kimg=0.75, save_kimg=0.25)
+    values = dict(TINY, dataset='fashion_mnist.1@40-1', augment='d.d.cta', deterministic=False, train_kimg=0.5,
+                  report_kimg=0.5, save_kimg=0.25)
     straight = fixmatch.FixMatch.run(train_dir={root_a!r}, **values)
     again = fixmatch.FixMatch.run(train_dir={root_b!r}, **values)
     check = train.Trainer.check_finite
