@@ -126,7 +126,7 @@ def test_only_the_chief_writes_and_a_killed_worker_resumes(fashion_mnist, tmp_pa
     runs = [os.path.join(root, d) for root, dirs, _ in os.walk(tmp_path) for d in dirs if d.startswith('FixMatch')]
     assert len(runs) == 1
     checkpoints = json.dumps(sorted(os.listdir(os.path.join(runs[0], 'tf'))))
-    assert 'ckpt-16.index' in checkpoints and 'ckpt-32' not in checkpoints  # the last one is step 32
+    assert 'ckpt-16.index' in checkpoints and 'ckpt-32' not in checkpoints  # step 32 (the last) never ran
     # both workers restarted: they resume from step 16 and finish
     resumed = launch(values, 'run', timeout=300)
     for status, _, stderr in resumed:
