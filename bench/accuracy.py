@@ -35,6 +35,7 @@ flags.DEFINE_float('ema', None, 'Weight-EMA decay of every run (default: the --l
                    'few kimg needs 0.9: a slower average is still near its random start at the end.')
 flags.DEFINE_float('bn_momentum', None, 'Batch-norm statistics decay of every run (default as --ema).')
 flags.DEFINE_integer('seed', 1, 'Split seed and training seed.')
+flags.DEFINE_integer('eval_size', 0, 'Evaluate on the first N test images only (0 = all 10,000; a smoke test uses fewer).')
 flags.DEFINE_string('out', 'bench/accuracy.md', 'Markdown file to write.')
 FLAGS = flags.FLAGS
 
@@ -49,7 +50,8 @@ def run_one(name, labels, train_dir):
     cls = algorithm_class(name)
     decays = {k: getattr(FLAGS, k) for k in ('ema', 'bn_momentum') if getattr(FLAGS, k) is not None}
     start = time.perf_counter()
-    result = cls.run(**decays, dataset=f'fashion_mnist.{FLAGS.seed}@{labels}-1', train_dir=train_dir, local=FLAGS.local,
+    result = cls.run(**decays, baseline=False, eval_size=FLAGS.eval_size, dataset=f'fashion_mnist.{FLAGS.seed}@{labels}-1',
+                     train_dir=train_dir, local=FLAGS.local,
                      seed=FLAGS.seed, train_kimg=FLAGS.train_kimg, report_kimg=FLAGS.train_kimg,
                      save_kimg=FLAGS.train_kimg)
     return result['accuracy'], time.perf_counter() - start

@@ -13,7 +13,12 @@ Images per step = batch * (1 + 2 * uratio) (960 for the paper's 64 + 448 + 448).
 Each setting (precision, +xla for the XLA-compiled model step) is timed as a full step; the first
 one is also timed as a bare step. The last line prints full / bare (goal: >= 0.9) and every
 setting's images/s as a ratio of the first setting's.
+
+Start-up, per setting: the seconds from the start of the process to the import of TensorFlow
+(imports), to a built trainer (data loading, model, optimizer, run directory), and of the first
+training call (graph tracing, XLA compilation, the first step), also as a number of steady steps.
 """
+PROCESS_START = __import__('time').perf_counter()
 import os
 import sys
 import tempfile
@@ -25,6 +30,8 @@ from libml import utils  # noqa: E402
 utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
+
+IMPORTED = time.perf_counter()
 
 import common  # noqa: E402
 
@@ -67,7 +74,8 @@ def timed(fn, steps):
 
 
 def full_step_seconds(trainer):
-    """Best seconds per step of the real training call over FLAGS.repeats measurements."""
+    """(best seconds per step of the real training call over FLAGS.repeats measurements, seconds of the
+    first call: tracing, compilation and one step)."""
     iterator = iter(trainer.train_dataset(0))
     calls = max(1, FLAGS.steps // FLAGS.steps_per_call)
 
@@ -75,8 +83,10 @@ def full_step_seconds(trainer):
         for _ in range(calls):
             out = trainer.train_call(iterator, tf.constant(FLAGS.steps_per_call, tf.int64))
         return out
-    full(1)  # compile and warm up
-    return min(timed(full, calls * FLAGS.steps_per_call) for _ in range(FLAGS.repeats))
+    start = time.perf_counter()
+    full(1)  # trace, compile and warm up
+    first = time.perf_counter() - start
+    return min(timed(full, calls * FLAGS.steps_per_call) for _ in range(FLAGS.repeats)), first
 
 
 def bare_step_seconds(trainer):
@@ -97,15 +107,18 @@ def bare_step_seconds(trainer):
 def main(argv):
     del argv
     per_step = common.images_per_step()
-    seconds, bare = {}, None
+    seconds, bare, startup = {}, None, {}
     for setting in FLAGS.settings:
         with tempfile.TemporaryDirectory() as train_dir:
+            start = time.perf_counter()
             trainer = make_trainer(train_dir, setting)
+            built = time.perf_counter() - start
+            seconds[setting], first = full_step_seconds(trainer)
+            startup[setting] = dict(build_s=built, first_call_s=first)
             if bare is None:
                 bare = bare_step_seconds(trainer)
                 name = trainer.model.name
                 params = trainer.model.count_params() / 1e6
-            seconds[setting] = full_step_seconds(trainer)
     device = (tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU'))[0].device_type
     baseline = FLAGS.settings[0]
     print(f'{name} ({params:.2f} M parameters), {per_step} images/step, augment {FLAGS.augment}, {device}, '
@@ -114,11 +127,18 @@ def main(argv):
     print(f'{"bare forward+backward+update (" + baseline + ")":44s} {per_step / bare:10.1f} {1000 * bare:9.1f}')
     for setting, t in seconds.items():
         print(f'{"full FixMatch step, " + setting:44s} {per_step / t:10.1f} {1000 * t:9.1f}')
+    imports = IMPORTED - PROCESS_START
+    print(f'start-up: imports {imports:.1f} s; then per setting: build (data, model, run directory) and the first '
+          f'call (tracing, compilation, one step)')
+    for setting, s in startup.items():
+        print(f'  {setting:40s} build {s["build_s"]:5.1f} s, first call {s["first_call_s"]:6.1f} s '
+              f'= {s["first_call_s"] / seconds[setting]:.0f} steady steps')
     ratios = ', '.join(f'{setting} {seconds[baseline] / t:.2f}x' for setting, t in seconds.items())
     if FLAGS.json:
         utils.write_json(FLAGS.json, dict(model=name, parameters_m=params, images_per_step=per_step, device=device,
                                           bare_ms=1000 * bare, full_ms={k: 1000 * v for k, v in seconds.items()},
-                                          steps_per_second={k: 1 / v for k, v in seconds.items()}))
+                                          steps_per_second={k: 1 / v for k, v in seconds.items()},
+                                          startup=dict(imports_s=imports, **startup)))
     print(f'ratio full / bare images/s ({baseline}): {bare / seconds[baseline]:.3f}; vs {baseline}: {ratios}')
 
 

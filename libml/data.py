@@ -202,10 +202,12 @@ class SSLData:
                                   f'use a machine with more memory')
         return dataclasses.replace(self, labeled=self.unlabeled.take(np.flatnonzero(self.unlabeled.labels >= 0)))
 
-    def eval_dataset(self, split, batch=256):
-        """(float32 images in [-1, 1], int64 labels) batches of 'test', 'valid' or 'train_labeled'."""
+    def eval_dataset(self, split, batch=256, limit=0):
+        """(float32 images in [-1, 1], int64 labels) batches of 'test', 'valid' or 'train_labeled'; with
+        `limit` > 0 only its first `limit` images."""
         subset = dict(test=self.test, valid=self.valid, train_labeled=self.labeled)[split]
-        ds = tf.data.Dataset.from_tensor_slices((subset.images, subset.labels)).batch(batch)
+        images, labels = (subset.images[:limit], subset.labels[:limit]) if limit else (subset.images, subset.labels)
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
         return ds.map(lambda x, y: (to_unit_range(tf.cast(x, tf.float32) / 255), y), AUTOTUNE).prefetch(AUTOTUNE)
 
 

@@ -41,6 +41,11 @@ COMMON = dict(
                     identity=False, check=at_least(0)),
     steps_per_call=Param(1, 'Training steps run per compiled call (more helps small models).', identity=False,
                          check=at_least(1)),
+    baseline=Param(False, 'After training, also train the supervised baseline of the same budget: fully_supervised.py '
+                   'on the same labeled split, model, batch, schedule and seed (labeled images only: a small share of '
+                   'the time), and print its EMA test accuracy beside this run\'s.', identity=False, local=True),
+    eval_size=Param(0, 'Evaluate on the first N images of each split (labeled, validation, test) only: quicker checks '
+                    'and tests; 0 = every image (the papers\' figures).', identity=False, check=at_least(0)),
     eval_batch=Param(500, 'Images per evaluation batch.', identity=False, check=at_least(1)),
     precision=Param('float32', 'Compute precision: mixed_float16 or mixed_bfloat16 run the layers in 16 bits, with '
                     'float32 variables, logits, softmax and losses (float16 with dynamic loss scaling).',

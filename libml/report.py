@@ -53,7 +53,8 @@ class Reporter:
     def logits(self, split: str, ema: bool):
         predict = self.predict_ema if ema and self.trainer.ema else self.predict_raw
         outputs, labels = [], []
-        for x, y in self.data.eval_dataset(split, self.trainer.settings.eval_batch):
+        for x, y in self.data.eval_dataset(split, self.trainer.settings.eval_batch,
+                                                  self.trainer.settings.eval_size):
             outputs.append(predict(x).numpy())
             labels.append(y.numpy())
         return np.concatenate(outputs), np.concatenate(labels)

@@ -90,7 +90,7 @@ class Algorithm:
         the run's final metrics. For notebooks: no flag parsing involved; the progress bar is a notebook
         widget there and the epoch lines are printed."""
         utils.use_short_logs(level=logging.INFO)
-        return Trainer(cls, settings_lib.resolve(cls.all_params(), settings)).train()
+        return train_with_baseline(cls, settings_lib.resolve(cls.all_params(), settings))
 
     def standard_views(self, labeled_strong: bool = False):
         """From --augment=L.W.S: labeled X (L), with `labeled_strong` also X_STRONG (S); unlabeled
@@ -317,6 +317,44 @@ class Trainer:
         return report.results(self.run_dir, int(self.step.numpy()), self.epochs)
 
 
+BASELINE_MODULE, BASELINE_CLASS = 'fully_supervised', 'FullySupervised'
+
+
+def baseline_settings(settings) -> dict:
+    """The supervised baseline of a run: every common setting of the run (model, batch, schedule, seed,
+    devices), the labeled view of its --augment, one evaluation at the end."""
+    labeled_view = views.parse_augment(settings.augment)[0] if 'augment' in settings else 'd'
+    common = {name: settings[name] for name in params_lib.COMMON if name in settings}
+    return dict(common, baseline=False, augment=f'{labeled_view}.d.d', report_kimg=settings.train_kimg,
+                save_kimg=settings.train_kimg)
+
+
+def train_with_baseline(algorithm_cls, settings) -> dict:
+    """Trains; with --baseline also the supervised baseline of the same budget, whose final metrics are
+    returned under 'baseline' (its run directory sits beside the run's)."""
+    result = Trainer(algorithm_cls, settings).train()
+    if settings.get('baseline') and algorithm_cls.__name__ != BASELINE_CLASS:
+        import importlib
+        baseline_cls = getattr(importlib.import_module(BASELINE_MODULE), BASELINE_CLASS)
+        logging.info('The supervised baseline: %s on the labeled images alone, same model and budget',
+                     BASELINE_CLASS)
+        baseline = settings_lib.resolve(baseline_cls.all_params(), baseline_settings(settings))
+        result['baseline'] = Trainer(baseline_cls, baseline).train()
+    return result
+
+
+def result_line(name: str, dataset: str, result: dict) -> str:
+    """The line a training command ends with: EMA test accuracy, the median of the last 20 epochs and,
+    with --baseline, the supervised baseline's accuracy and the difference."""
+    line = (f'{name} on {dataset}: EMA test accuracy {result["accuracy"]:.2f}% (median of the last 20 epochs '
+            f'{result["last20"]:.2f}%)')
+    if 'baseline' in result:
+        base = result['baseline']['accuracy']
+        line += (f'; the same model on the labeled images alone: {base:.2f}% ({result["accuracy"] - base:+.2f} points '
+                 f'from the unlabeled images)')
+    return line + f'; run directory {result["run_dir"]}'
+
+
 def next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
@@ -333,7 +371,6 @@ def main(algorithm_cls) -> None:
     def run_from_flags(argv):
         if len(argv) > 1:
             raise utils.UserError(f'unexpected arguments {argv[1:]}; settings are flags, e.g. --dataset=...')
-        result = Trainer(algorithm_cls, settings_lib.from_flags(params)).train()
-        print(f'{algorithm_cls.__name__} on {flags.FLAGS.dataset}: EMA test accuracy {result["accuracy"]:.2f}% '
-              f'(median of the last 20 epochs {result["last20"]:.2f}%); run directory {result["run_dir"]}')
+        result = train_with_baseline(algorithm_cls, settings_lib.from_flags(params))
+        print(result_line(algorithm_cls.__name__, flags.FLAGS.dataset, result))
     utils.run(run_from_flags, help_text=lambda: settings_lib.grouped_help(sys.modules['__main__'].__doc__ or ''))

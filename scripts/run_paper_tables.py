@@ -53,7 +53,7 @@ def cadr_commands(dataset, seeds, train_dir, extra):
             for _, variant in CADR_VARIANTS:
                 wd = ' --wd=0.0015' if dataset == 'cifar100' and 'CADR' in variant else ''
                 yield (f'python fixmatch.py --dataset={dataset}_LT_{lamda}.{seed}@{size}-1 {paper}{wd} {variant} '
-                       f'--train_dir={train_dir}/cadr {extra}')
+                       f'--nobaseline --train_dir={train_dir}/cadr {extra}')
 
 
 def defixmatch_commands(dataset, seeds, train_dir, extra):
@@ -62,7 +62,7 @@ def defixmatch_commands(dataset, seeds, train_dir, extra):
     for seed in seeds:
         for _, variant in DEFIXMATCH_VARIANTS:
             yield (f'python fixmatch.py --dataset={dataset}.{seed}@{size}-1{paper} {variant} '
-                   f'--train_dir={train_dir}/defixmatch {extra}')
+                   f'--nobaseline --train_dir={train_dir}/defixmatch {extra}')
 
 
 def run(command, dry_run):

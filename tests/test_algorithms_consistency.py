@@ -625,7 +625,7 @@ def test_all_labels_trains_on_every_labeled_training_image(fashion_mnist):
 # momentum^t of it (0.99^192 = 0.15, several times the true variance of the first layers here), and
 # a 0.99 weight average lags a model that changes this fast; both hide what the model learned.
 
-SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema=0.9, bn_momentum=0.9,
+SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema=0.9, bn_momentum=0.9, eval_size=2000,
              train_kimg=6, report_kimg=6, save_kimg=6)
 RAMPED = dict(SHORT, warmup_kimg=2)  # full unlabeled weight from step 64 on
 

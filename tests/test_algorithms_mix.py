@@ -520,7 +520,8 @@ def test_command_lines_list_their_flags_and_refuse_bad_values(tmp_path):
 # Short Fashion-MNIST runs: 250 labels, WRN-10 with 8 or 16 filters, 32 labeled images a step.
 
 # lr 0.1: the 0.03 of the paper setup learns too slowly for ~200 steps (about 35% instead of 60% here).
-SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema=0.99, bn_momentum=0.99, lr=0.1)
+SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema=0.99, bn_momentum=0.99, lr=0.1,
+             eval_size=2000)
 
 
 def short_run(cls, root, train_dir, **settings):
@@ -586,6 +587,7 @@ def test_short_uda_run_learns(fashion_mnist_root, tmp_path):
 def test_short_mixup_run_learns(fashion_mnist, tmp_path):
     # the reference's Adam setup (0.002, wd 0.02), 192 steps of 32 labeled + 32 unlabeled images
     result = mixup.MixUp.run(train_dir=str(tmp_path), dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32,
+                             eval_size=2000,
                              ema=0.9, bn_momentum=0.9, train_kimg=6, report_kimg=6, save_kimg=6)
     assert result['step'] == 192
     assert result['accuracy'] > 66.3 - 5, result  # chance is 10%; 66.3% measured

@@ -14,7 +14,8 @@ TINY_MODEL = ['--filters=8', '--repeat=1', '--batch=4', '--uratio=1']
 BENCHMARKS = {
     'input_pipeline.py': (['--batch=4', '--uratio=1', '--steps=2', '--warmup=1', '--repeats=1'],
                           r'^ratio weak-augmented / no-augmentation: [0-9.]+$'),
-    'accuracy.py': (['--algorithms=FullySupervised,FixMatch', '--labels=40', '--train_kimg=0.064', '--out={tmp}/acc.md'],
+    'accuracy.py': (['--algorithms=FullySupervised,FixMatch', '--labels=40', '--train_kimg=0.064', '--eval_size=500',
+                     '--out={tmp}/acc.md'],
                     r'^accuracy / supervised baseline: FixMatch@40 [0-9.]+x$'),
 }
 

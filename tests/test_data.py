@@ -166,6 +166,10 @@ def test_eval_dataset_scaling(root):
     x, y = next(iter(ssl.eval_dataset('test', batch=5)))
     assert x.shape == (5, 4, 4, 1)
     np.testing.assert_allclose(x.numpy()[:, 0, 0, 0], np.where(y.numpy() % 2, 1.0, -1.0))
+    # --eval_size=N: the first N images of the split only, in order (12 test images, labels k % 4)
+    limited = [y.numpy() for _, y in ssl.eval_dataset('test', batch=5, limit=7)]
+    assert [len(y) for y in limited] == [5, 2] and np.concatenate(limited).tolist() == [0, 1, 2, 3, 0, 1, 2]
+    assert sum(len(y) for _, y in ssl.eval_dataset('test', batch=5, limit=0)) == 12
 
 
 def test_truncated_record_file(root):

@@ -250,7 +250,7 @@ def test_every_numeric_setting_of_every_algorithm_has_a_range_and_it_is_enforced
                 settings_lib.resolve(params, dict(augment='d.d'))
     expected = dict(batch='>= 1', filters='>= 1', repeat='>= 1', scales='>= 0', lr='> 0', train_kimg='> 0',
                     report_kimg='> 0', save_kimg='> 0', ema='in [0, 1)', bn_momentum='in [0, 1)', wd='>= 0',
-                    keep_ckpt='>= 1', steps_per_call='>= 1', eval_batch='>= 1', cta_depth='>= 1', cta_th='in [0, 1]',
+                    keep_ckpt='>= 1', steps_per_call='>= 1', eval_batch='>= 1', eval_size='>= 0', cta_depth='>= 1', cta_th='in [0, 1]',
                     cta_decay='in (0, 1)', uratio='>= 1', confidence='in (0, 1]', wu='>= 0')
     params = fixmatch.FixMatch.all_params()
     assert {name: str(params[name].check) for name in expected} == expected

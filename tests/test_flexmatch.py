@@ -171,7 +171,7 @@ def test_every_replica_applies_every_replicas_updates():
 # A short Fashion-MNIST run: 250 labels, WRN-10 with 8 filters, 192 steps of 32 labeled and 32
 # unlabeled images (weak views only: the short run cannot afford RandAugment on 2 CPU cores).
 
-SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema=0.9, bn_momentum=0.9, uratio=1,
+SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema=0.9, bn_momentum=0.9, uratio=1, eval_size=2000,
              augment='d.d.d', train_kimg=6, report_kimg=6, save_kimg=6)
 
 

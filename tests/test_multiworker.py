@@ -94,7 +94,7 @@ def tagged(stdout, tag):
 
 def settings(tmp_path, **extra):
     return dict(dataset='fashion_mnist.1@40-1', train_dir=str(tmp_path), filters=8, repeat=1, batch=16, uratio=2,
-                augment='d.d.rac', sync_bn=True, ema=0.99, bn_momentum=0.99, **extra)
+                augment='d.d.rac', sync_bn=True, ema=0.99, bn_momentum=0.99, eval_size=1000, **extra)
 
 
 def test_two_workers_give_the_same_loss_as_one_device(fashion_mnist, tmp_path):

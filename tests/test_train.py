@@ -24,9 +24,11 @@ from libml import state
 from libml import train
 from libml import utils
 
-# A WRN-10-0.5 on Fashion-MNIST with small batches: a few seconds per kimg on 2 CPU cores.
+# A WRN-10-0.5 on Fashion-MNIST with small batches: a few seconds per kimg on 2 CPU cores; evaluations
+# on the first 1,000 images of each split (TEST_EVAL), not all 10,000 test images.
+TEST_EVAL = 1000
 TINY = dict(filters=8, repeat=1, batch=16, uratio=2, augment='d.d.rac', ema=0.99, bn_momentum=0.99,
-            keep_ckpt=100)
+            keep_ckpt=100, eval_size=TEST_EVAL)
 
 
 def test_cosine_schedule_values():
@@ -172,8 +174,31 @@ def json_lines(run_dir):
         return [json.loads(line) for line in f]
 
 
+def test_baseline_settings_and_result_line():
+    settings = settings_lib.resolve(fixmatch.FixMatch.all_params(),
+                                    dict(local=True, dataset='fashion_mnist.1@40-1', augment='m.d.rac', seed=3))
+    baseline = train.baseline_settings(settings)
+    assert baseline['augment'] == 'm.d.d' and baseline['baseline'] is False and baseline['local'] is True
+    assert (baseline['filters'], baseline['repeat'], baseline['batch'], baseline['seed'], baseline['xla']) == \
+        (16, 1, 32, 3, True)
+    assert baseline['train_kimg'] == baseline['report_kimg'] == baseline['save_kimg'] == settings.train_kimg
+    assert 'uratio' not in baseline and 'confidence' not in baseline  # FixMatch's own settings stay out
+    assert settings.baseline and not settings_lib.resolve(fixmatch.FixMatch.all_params(), {}).baseline
+    result = dict(accuracy=78.5, last20=70.25, run_dir='runs/a', baseline=dict(accuracy=55.25))
+    assert train.result_line('FixMatch', 'd.1@40-1', result) == (
+        'FixMatch on d.1@40-1: EMA test accuracy 78.50% (median of the last 20 epochs 70.25%); the same model on '
+        'the labeled images alone: 55.25% (+23.25 points from the unlabeled images); run directory runs/a')
+
+
 def test_ctaugment_rates_are_checkpointed(fashion_mnist, tmp_path, monkeypatch):
-    result = run_tiny(tmp_path, augment='d.d.cta', train_kimg=0.25, report_kimg=0.25)
+    result = run_tiny(tmp_path, augment='d.d.cta', train_kimg=0.25, report_kimg=0.25, baseline=True)
+    # --baseline: the supervised baseline trained the same steps of the same model beside the run
+    assert os.path.basename(os.path.dirname(result['baseline']['run_dir'])) == \
+        os.path.basename(os.path.dirname(result['run_dir']))
+    assert os.path.basename(result['baseline']['run_dir']).startswith('FullySupervised')
+    assert result['baseline']['step'] == result['step'] == 16 and 0 <= result['baseline']['accuracy'] <= 100
+    base_args = json.load(open(os.path.join(result['baseline']['run_dir'], 'args.json')))
+    assert (base_args['filters'], base_args['augment'], base_args['baseline']) == (8, 'd.d.d', False)
     rates = trained_state(result['run_dir'])['cta/rates/.ATTRIBUTES/VARIABLE_VALUE']
     assert rates.shape == (303,) and np.all(rates <= 1) and np.any(rates < 1)  # the probes updated them
     trainer = train.Trainer(fixmatch.FixMatch, settings_lib.resolve(
@@ -224,7 +249,7 @@ def learned_run(fashion_mnist_root, tmp_path_factory):
         yield fixmatch.FixMatch.run(
             dataset='fashion_mnist.1@250-1', train_dir=str(tmp_path_factory.mktemp('learn')), filters=16, repeat=1,
             batch=32, uratio=3, augment='d.d.cta', ema=0.99, bn_momentum=0.99, lr=0.03, train_kimg=10,
-            report_kimg=5, save_kimg=5, xla=True)
+            report_kimg=5, save_kimg=5, xla=True, eval_size=2000)
     finally:
         os.environ['ML_DATA'] = previous or ''
 
