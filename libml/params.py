@@ -35,6 +35,8 @@ COMMON = dict(
                      local=16., check=above(0)),
     report_kimg=Param(64., 'Evaluate, log and print every this many kimg (64 kimg = 1024 steps of 64: one epoch).',
                       identity=False, local=2., check=above(0)),
+    first_report_kimg=Param(0., 'Also evaluate once after this many kimg (0 = not): an early accuracy line.',
+                            identity=False, local=1., check=at_least(0)),
     save_kimg=Param(64., 'Save a checkpoint every this many kimg.', identity=False, local=2., check=above(0)),
     keep_ckpt=Param(10, 'Number of checkpoints kept.', identity=False, check=at_least(1)),
     devicenum=Param(0, 'Number of devices to train on (0 = all visible GPUs; one CPU without GPU).',

@@ -79,6 +79,10 @@ class Param:
     def default_for(self, local):
         return self.local if local and self.local is not UNSET else self.default
 
+    def with_local(self, value) -> 'Param':
+        """This setting with another --local value (an algorithm's own quick-start value of a common one)."""
+        return dataclasses.replace(self, local=value)
+
 
 class Settings(dict):
     """A dict of setting values with attribute access: settings.lr."""

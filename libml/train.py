@@ -164,6 +164,7 @@ class Trainer:
             raise utils.UserError(f'--train_kimg={settings.train_kimg:g} is less than one step of --batch='
                                   f'{settings.batch} ({settings.batch / 1024:g} kimg); train longer')
         self.steps_report = max(1, self.kimg_to_steps(settings.report_kimg))
+        self.step_first_report = self.kimg_to_steps(settings.first_report_kimg)  # 0: none
         self.steps_save = max(1, self.kimg_to_steps(settings.save_kimg))
         keras.utils.set_random_seed(settings.seed)
         keras.mixed_precision.set_global_policy(settings.precision)
@@ -291,7 +292,8 @@ class Trainer:
         summary_every = max(1, self.steps_report // 16)
         try:
             while step < self.steps_total:
-                boundary = min(next_multiple(step, self.steps_report), next_multiple(step, self.steps_save),
+                early = [self.step_first_report] if step < self.step_first_report else []
+                boundary = min(next_multiple(step, self.steps_report), next_multiple(step, self.steps_save), *early,
                                next_multiple(step, summary_every), self.steps_total)
                 count = min(self.settings.steps_per_call, boundary - step)
                 logs = {k: float(v) for k, v in self.train_call(iterator, tf.constant(count, tf.int64)).items()}
@@ -304,7 +306,7 @@ class Trainer:
                     self.reporter.write_scalars({k: v / seen for k, v in averages.items()}, step)
                     averages, seen = {}, 0
                 bar.set_postfix(report.postfix(logs, self.epochs), refresh=False)
-                if self.is_chief and (step % self.steps_report == 0 or step == self.steps_total):
+                if self.is_chief and (step % self.steps_report == 0 or step in (self.steps_total, self.step_first_report)):
                     self.epochs = self.reporter.report(step, self.epochs)
                     bar.set_postfix(report.postfix(logs, self.epochs))
                 if step % self.steps_save == 0 or step == self.steps_total:

@@ -191,7 +191,9 @@ def test_baseline_settings_and_result_line():
 
 
 def test_ctaugment_rates_are_checkpointed(fashion_mnist, tmp_path, monkeypatch):
-    result = run_tiny(tmp_path, augment='d.d.cta', train_kimg=0.25, report_kimg=0.25, baseline=True)
+    result = run_tiny(tmp_path, augment='d.d.cta', train_kimg=0.25, report_kimg=0.25, baseline=True,
+                      first_report_kimg=0.125)
+    assert [s['step'] for s in json_lines(result['run_dir'])] == [8, 16]  # the early evaluation, then the end's
     # --baseline: the supervised baseline trained the same steps of the same model beside the run
     assert os.path.basename(os.path.dirname(result['baseline']['run_dir'])) == \
         os.path.basename(os.path.dirname(result['run_dir']))
