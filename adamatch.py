@@ -84,7 +84,7 @@ class AdaMatch(train.Algorithm):
         self.bias.update(logits[keys.U_WEAK])
         probs_x, probs_u = (tf.nn.softmax(tf.stop_gradient(logits[k])) for k in (keys.X, keys.U_WEAK))
         ctx = tf.distribute.get_replica_context()
-        every_x, every_u = ctx.all_gather(probs_x, 0), ctx.all_gather(probs_u, 0)
+        every_x, every_u = (tf.reshape(ctx.all_gather(p, 0), [-1, self.nclass]) for p in (probs_x, probs_u))
         self.p_target.assign(s.ema_p * self.p_target + (1 - s.ema_p) * tf.reduce_mean(every_x, 0))
         self.p_model.assign(updated_p_model(self.p_model, self.started, every_u, s.ema_p))
         self.started.assign(1.)

@@ -91,7 +91,7 @@ class FreeMatch(train.Algorithm):
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
         probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
-        every = tf.distribute.get_replica_context().all_gather(probs, 0)
+        every = tf.reshape(tf.distribute.get_replica_context().all_gather(probs, 0), [-1, self.nclass])
         for variable, value in zip((self.time_p, self.p_model, self.label_hist), updated_statistics(
                 self.time_p, self.p_model, self.label_hist, every, s.ema_p)):
             variable.assign(value)

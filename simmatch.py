@@ -130,6 +130,7 @@ class SimMatch(train.Algorithm):
         self.bias.update(logits[keys.U_WEAK])
         ctx = tf.distribute.get_replica_context()
         mean_p = tf.reduce_mean(ctx.all_gather(tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])), 0), 0)
+        mean_p = tf.reshape(mean_p, [self.nclass])
         row = tf.cast(step % QUEUE, tf.int32)
         self.queue.assign(tf.tensor_scatter_nd_update(self.queue, [[row]], [mean_p]))
         started = step >= self.trainer.kimg_to_steps(s.start_kimg)
@@ -144,7 +145,8 @@ class SimMatch(train.Algorithm):
                                       thresholds, started)
         unlabeled, xeu = self.bias.unlabeled(h_u, h_x, labels)
         instance = losses.dessl_mean(in_u, in_x if s.debiased else None)
-        index, embedded = (ctx.all_gather(v, 0) for v in (batch[keys.X_INDEX], tf.stop_gradient(emb[keys.X])))
+        index = ctx.all_gather(batch[keys.X_INDEX], 0)
+        embedded = tf.reshape(ctx.all_gather(tf.stop_gradient(emb[keys.X]), 0), [-1, s.proj_size])
         with tf.control_dependencies([instance, unlabeled]):  # the bank changes after the loss has read it
             self.bank.assign(updated_bank(self.bank, index, embedded))
         return xe + unlabeled + s.w_in * instance, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),

@@ -89,7 +89,8 @@ class SoftMatch(train.Algorithm):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
-        every = tf.distribute.get_replica_context().all_gather(tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])), 0)
+        probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
+        every = tf.reshape(tf.distribute.get_replica_context().all_gather(probs, 0), [-1, self.nclass])
         self.p_model.assign(updated_p_model(self.p_model, self.started, every, s.ema_p))
         self.started.assign(1.)
         mu, var = updated_gaussian(self.mu, self.var, tf.reduce_max(uniform_alignment(every, self.p_model), 1), s.ema_p)

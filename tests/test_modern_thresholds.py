@@ -296,3 +296,58 @@ def test_batches_carry_the_labeled_positions(tiny_data):  # noqa: F811
         assert element['x_index'].shape == (16,) and element['x_index'].max() < len(ssl.labeled)
         np.testing.assert_array_equal(np.asarray(ssl.labeled.labels)[element['x_index']], element['label'])
         np.testing.assert_array_equal(np.asarray(ssl.labeled.images)[element['x_index']], element['x_images'])
+
+
+MULTI_REPLICA = r'''
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import fakes, adamatch, dash, freematch, softmatch
+from test_modern_thresholds import BATCH, TableModel, TABLE
+STATE = {'FreeMatch': ('time_p', 'p_model', 'label_hist'), 'SoftMatch': ('p_model', 'mu', 'var'),
+         'AdaMatch': ('p_target', 'p_model'), 'Dash': ('rho_init',)}
+SETTINGS = dict(ema_p=0.5, batch=16, warmup_kimg=0.0625, gamma_kimg=1)  # Dash: warm-up 4 steps, window step 3
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+out = {}
+for cls in (freematch.FreeMatch, softmatch.SoftMatch, adamatch.AdaMatch, dash.Dash):
+    settings = {k: v for k, v in SETTINGS.items() if k in cls.all_params()}
+    single = cls(fakes.fake_trainer(cls, TableModel(TABLE), nclass=3, n_total=8, **settings))
+    single.build()
+    single.loss(BATCH, tf.constant(3, tf.int64))
+    with strategy.scope():
+        split = cls(fakes.fake_trainer(cls, TableModel(TABLE), nclass=3, n_total=8, **settings))
+        split.build()
+    def half(ctx):
+        r = ctx.replica_id_in_sync_group
+        return {k: v[r:r + 1] if k in ('x', 'label', 'x_index') else v[2 * r:2 * r + 2] for k, v in BATCH.items()}
+    values = strategy.experimental_distribute_values_from_function(half)
+    tf.function(lambda v: strategy.run(lambda b: split.loss(b, tf.constant(3, tf.int64))[0], (v,)))(values)
+    out[cls.__name__] = {n: [[float(x) for x in np.ravel(getattr(single, n).numpy())],
+                             [[float(x) for x in np.ravel(c.numpy())] for c in getattr(split, n).values]]
+                         for n in STATE[cls.__name__]}
+print(json.dumps(out))
+'''
+
+
+def test_statistics_are_taken_over_every_replica():
+    """Two replicas, each with half the batch, end with the state of one replica holding all of it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+    done = subprocess.run([sys.executable, '-c', MULTI_REPLICA, ROOT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(out) == ['AdaMatch', 'Dash', 'FreeMatch', 'SoftMatch']
+    for name, state in out.items():
+        for variable, (single, copies) in state.items():
+            assert len(copies) == 2, (name, variable)
+            for copy in copies:
+                np.testing.assert_allclose(copy, single, rtol=1e-5, err_msg=f'{name}.{variable}')
+    assert out['Dash']['rho_init'][0][0] > 0
