@@ -6,7 +6,8 @@ Paper setting (CIFAR-10, 40 labels, WRN-28-2; USB's error 15.01%): python dash.p
 Warm-up: the first --warmup_kimg (2048 steps of 64) train the labeled term only (the unlabeled images still
 go through the pass, weight 0). rho_init (checkpointed, with its sum and count) is the mean labeled
 cross-entropy of the global labeled batches of the last quarter of the warm-up steps (the model warmed up,
-on the labeled set; USB measures it on the test set with EMA weights that were never updated).
+on the labeled set; USB measures it on the test set with EMA weights that were never updated);
+--warmup_kimg=0 leaves rho_init 0: rho = rho_min (hard labels) from the start.
 After the warm-up, k = floor((t - warm-up steps) / gamma steps), gamma steps = --gamma_kimg (10240 steps):
   rho = max(C gamma^-k rho_init, rho_min),  C = 1.0001, gamma = 1.27, rho_min = 0.05;
   q_i = softmax(weak_i / T) (T = 0.5) while rho > rho_min, then onehot(argmax weak_i), no gradient;

@@ -146,7 +146,7 @@ class SimMatch(train.Algorithm):
         unlabeled, xeu = self.bias.unlabeled(h_u, h_x, labels)
         instance = losses.dessl_mean(in_u, in_x if s.debiased else None)
         index = ctx.all_gather(batch[keys.X_INDEX], 0)
-        embedded = tf.reshape(ctx.all_gather(tf.stop_gradient(emb[keys.X]), 0), [-1, s.proj_size])
+        embedded = tf.reshape(ctx.all_gather(tf.stop_gradient(emb[keys.X]), 0), [-1, emb[keys.X].shape[-1]])
         with tf.control_dependencies([instance, unlabeled]):  # the bank changes after the loss has read it
             self.bank.assign(updated_bank(self.bank, index, embedded))
         return xe + unlabeled + s.w_in * instance, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),

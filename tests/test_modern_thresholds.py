@@ -141,6 +141,27 @@ def test_softmatch_alignment_and_truncated_gaussian_by_hand():
     np.testing.assert_allclose(weights, [1, np.exp(-2), 1, 1], rtol=1e-5)
 
 
+def test_softmatch_loss_wires_the_rules():
+    algorithm = make(softmatch.SoftMatch, ema_p=0.9)
+    loss, logs = algorithm.loss(BATCH, 0)
+    p = softmax(TABLE[2:6])
+    p_model = p.mean(0)  # the first step: the batch mean
+    aligned = p * (1 / 3 + 1e-6) / (p_model + 1e-6)
+    aligned /= aligned.sum(1, keepdims=True)
+    m = aligned.max(1)
+    mu, var = 0.9 / 3 + 0.1 * m.mean(), 0.9 + 0.1 * np.var(m, ddof=1)
+    np.testing.assert_allclose(algorithm.p_model.numpy(), p_model, rtol=1e-6)
+    assert float(algorithm.mu.numpy()) == pytest.approx(mu, rel=1e-6)
+    assert float(algorithm.var.numpy()) == pytest.approx(var, rel=1e-6)
+    weights = np.exp(-np.minimum(m - mu, 0) ** 2 / (2 * var / 4))
+    h = -log_softmax(TABLE[6:10])[np.arange(4), TABLE[2:6].argmax(1)]
+    xe = -log_softmax(TABLE[:2])[[0, 1], [0, 1]].mean()
+    assert float(logs['monitors/mask']) == pytest.approx(weights.mean(), rel=1e-6)
+    assert float(loss) == pytest.approx(xe + (weights * h).mean(), rel=1e-5)
+    algorithm.loss(BATCH, 1)  # the second step: an EMA step (the same batch: p_model stays)
+    np.testing.assert_allclose(algorithm.p_model.numpy(), p_model, rtol=1e-6)
+
+
 # ---- AdaMatch
 
 def test_adamatch_relative_threshold_and_alignment_by_hand():
@@ -198,6 +219,67 @@ def test_simmatch_unfolding_aggregation_and_bank_by_hand():
     np.testing.assert_allclose(new[:, 1], bank[:, 1])
     np.testing.assert_allclose(new[:, 2], col2 / np.linalg.norm(col2), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(new, axis=0), [1, 1, 1], rtol=1e-5)
+
+
+FEATURES = np.array([[1., 0.], [0., 1.], [1., 1.], [0.6, 0.8], [-1., 0.2], [0.3, -1.], [1., 0.1], [0.2, 1.],
+                     [1., -1.], [0.5, 0.5]])  # the embeddings (before normalisation) of the TABLE images
+
+
+def test_simmatch_loss_wires_the_rules():
+    import keras
+    inputs = keras.Input((1,))
+    pool = keras.layers.Dense(4, name='pool')(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(pool))
+    algorithm = simmatch.SimMatch(fakes.fake_trainer(simmatch.SimMatch, model, nclass=3, labeled_labels=(2, 0, 1),
+                                                     n_total=8, start_kimg=0, T=0.5, alpha=0.8, confidence=0.79))
+    state = algorithm.build()
+    assert set(state) == {'bank', 'labels_bank', 'queue', 'head'} and state['bank'].shape == (128, 3)
+    np.testing.assert_allclose(np.linalg.norm(algorithm.bank.numpy(), axis=0), [1, 1, 1], rtol=1e-5)
+    np.testing.assert_array_equal(algorithm.labels_bank.numpy(), [2, 0, 1])
+    assert len(algorithm.extra_trainable_variables()) == 4  # two Dense layers of the head
+    # the network replaced by tables, the head by the identity, a 2-d bank
+    algorithm.classifier = lambda images, training: (tf.gather(t(TABLE), tf.cast(images[:, 0], tf.int32)),
+                                                     tf.gather(t(FEATURES), tf.cast(images[:, 0], tf.int32)))
+    algorithm.embed = lambda features: tf.math.l2_normalize(features, axis=1)
+    bank = np.array([[1., 0., 0.6], [0., 1., 0.8]])
+    algorithm.bank = tf.Variable(t(bank))
+    loss, logs = algorithm.loss(BATCH, tf.constant(5, tf.int64))
+    e = FEATURES / np.linalg.norm(FEATURES, axis=1, keepdims=True)
+    p = softmax(TABLE[2:6])
+    queue = np.full([32, 3], 1 / 3)
+    queue[5] = p.mean(0)
+    np.testing.assert_allclose(algorithm.queue.numpy(), queue, rtol=1e-6)
+    p_w = p * (1 / 3 + 1e-6) / (queue.mean(0) + 1e-6)
+    p_w /= p_w.sum(1, keepdims=True)
+    labels_bank = np.array([2, 0, 1])
+    t0 = softmax(e[2:6] @ bank / 0.5)
+    unfolded = t0 * p_w[:, labels_bank]
+    unfolded /= unfolded.sum(1, keepdims=True)
+    aggregated = np.stack([t0[:, labels_bank == c].sum(1) for c in range(3)], 1)
+    target = 0.8 * p_w + 0.2 * aggregated
+    mask = target.max(1) >= 0.79  # (0.680, 0.823, 0.786, 0.802)
+    l_u = (mask * -(target * log_softmax(TABLE[6:10])).sum(1)).mean()
+    l_in = -(unfolded * log_softmax(e[6:10] @ bank / 0.5)).sum(1).mean()
+    xe = -log_softmax(TABLE[:2])[[0, 1], [0, 1]].mean()
+    assert 0 < mask.mean() < 1 and float(logs['monitors/mask']) == pytest.approx(mask.mean())
+    assert float(logs['losses/in']) == pytest.approx(l_in, rel=1e-5)
+    assert float(loss) == pytest.approx(xe + l_u + l_in, rel=1e-5)
+    # after the loss: the columns of the labeled images 0 and 1 (x_index) move towards their embeddings
+    new = bank.copy()
+    for column, row in ((0, 0), (1, 1)):
+        new[:, column] = 0.7 * bank[:, column] + 0.3 * e[row]
+        new[:, column] /= np.linalg.norm(new[:, column])
+    np.testing.assert_allclose(algorithm.bank.numpy(), new, rtol=1e-5)
+    # before --start_kimg: p~ = p_w, no instance term
+    late = simmatch.SimMatch(fakes.fake_trainer(simmatch.SimMatch, model, nclass=3, labeled_labels=(2, 0, 1),
+                                                n_total=8, start_kimg=1, T=0.5, alpha=0.8, confidence=0.79))
+    late.build()
+    late.classifier, late.embed, late.bank = algorithm.classifier, algorithm.embed, tf.Variable(t(bank))
+    late.queue.assign(algorithm.queue)  # row 5 already holds this batch's mean: the same p_w
+    loss, logs = late.loss(BATCH, tf.constant(5, tf.int64))
+    mask = p_w.max(1) >= 0.79  # (0.784, 0.910, 0.965, 0.986)
+    l_u = (mask * -(p_w * log_softmax(TABLE[6:10])).sum(1)).mean()
+    assert float(logs['losses/in']) == 0 and float(loss) == pytest.approx(xe + l_u, rel=1e-5)
 
 
 # ---- Dash
