@@ -10,7 +10,7 @@ import sys
 
 # Algorithm modules at the top of the checkout; a new one also needs its lines in pyproject.toml.
 ALGORITHMS = ('fixmatch', 'mixmatch', 'remixmatch', 'uda', 'pi_model', 'mean_teacher', 'vat', 'ict', 'pseudo_label',
-              'fully_supervised', 'flexmatch', 'mixup')
+              'fully_supervised', 'flexmatch', 'mixup', 'freematch', 'softmatch', 'adamatch', 'simmatch', 'dash')
 # scripts/<name>.py, as the console command fixmatch-<name with dashes>.
 TOOLS = ('create_datasets', 'create_split', 'create_unlabeled', 'inspect_dataset', 'evaluate', 'export',
          'extract_accuracy', 'extract_gm_accuracy', 'aggregate_accuracy', 'run_paper_tables', 'tensorboard_screenshot')

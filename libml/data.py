@@ -162,10 +162,11 @@ class SSLData:
         replica r of `replicas` gets rows [r*count/replicas, (r+1)*count/replicas) of each, and this
         pipeline (number `pipeline` of `pipelines`) reads, decodes and gathers only the rows of its
         replicas r = pipeline*L .. pipeline*L + L-1, L = replicas / pipelines. Element: X_IMAGES uint8
-        (b, H, W, C), LABEL int64 (b,), U_IMAGES uint8 (ub, H, W, C), U_LABEL int64 (ub,) (true labels,
-        -1 if unknown; monitoring only), U_INDEX int64 (ub,) (positions in the unlabeled set) and SLOT
-        int32 = r, with b = batch / replicas, ub = ubatch / replicas. Streamed unlabeled images (too many
-        for memory) are sharded over the pipelines and shuffled through a buffer instead.
+        (b, H, W, C), LABEL int64 (b,), X_INDEX int64 (b,) (positions in the labeled set), U_IMAGES uint8
+        (ub, H, W, C), U_LABEL int64 (ub,) (true labels, -1 if unknown; monitoring only), U_INDEX int64
+        (ub,) (positions in the unlabeled set) and SLOT int32 = r, with b = batch / replicas, ub = ubatch /
+        replicas. Streamed unlabeled images (too many for memory) are sharded over the pipelines and
+        shuffled through a buffer instead.
         """
         local = replicas // pipelines
         b, ub = batch // replicas, ubatch // replicas
@@ -177,7 +178,7 @@ class SSLData:
             step, slot = element // local, tf.cast(pipeline * local + element % local, tf.int32)
             l_pos = epoch_shuffle(step, batch, len(labeled), LABELED_STREAM, seed, slot * b, b)
             out = {keys.X_IMAGES: tf.gather(labeled.images, l_pos), keys.LABEL: tf.gather(labeled.labels, l_pos),
-                   keys.SLOT: slot}
+                   keys.X_INDEX: tf.cast(l_pos, tf.int64), keys.SLOT: slot}
             if unlabeled_rows is None:
                 u_pos = epoch_shuffle(step, ubatch, len(unlabeled), UNLABELED_STREAM, seed, slot * ub, ub)
                 unlabeled_rows = tf.gather(unlabeled.images, u_pos), tf.gather(unlabeled.labels, u_pos), u_pos

@@ -11,6 +11,7 @@ SLOT = 'slot'          # int32 scalar: which replica's rows of the global batch 
 LABEL = 'label'        # int64 (b,): classes of the labeled images
 U_LABEL = 'u_label'    # int64 (ub,): true classes of the unlabeled images (-1 if unknown; monitoring only)
 U_INDEX = 'u_index'    # int64 (ub,): positions of the unlabeled images in the unlabeled set (per-image state)
+X_INDEX = 'x_index'    # int64 (b,): positions of the labeled images in the labeled set (SimMatch's memory bank)
 
 # View names (keys of the augmented images, float32 in [-1, 1]); algorithms may add their own.
 X = 'x'                # the labeled view

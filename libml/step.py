@@ -64,7 +64,7 @@ class Step:
         shape = list(t.data.info.shape)
         pixels = {source: tf.ensure_shape(tf.cast(raw[key], tf.float32) / 255, [rows_of[source]] + shape)
                   for source, key in (('x', keys.X_IMAGES), ('u', keys.U_IMAGES))}
-        batch = {key: raw[key] for key in (keys.LABEL, keys.U_LABEL, keys.U_INDEX)}
+        batch = {key: raw[key] for key in (keys.LABEL, keys.X_INDEX, keys.U_LABEL, keys.U_INDEX)}
         weak_labeled = None
         for number, (name, source, view) in enumerate(t.view_plan):
             rows = pixels[source].shape[0]

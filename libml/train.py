@@ -59,7 +59,7 @@ class Algorithm:
       build()      {name: trackable} of the method's own state, created in the strategy scope after
                    the model, checkpointed with everything else.
       loss(batch, step) -> (scalar loss of this replica's batch, {log key: scalar}). batch holds
-                   keys.LABEL, keys.U_LABEL, keys.U_INDEX and one float32 image batch in [-1, 1] per
+                   keys.LABEL, keys.X_INDEX, keys.U_LABEL, keys.U_INDEX and one float32 image batch in [-1, 1] per
                    view name; step is the int64 step counter. Log keys: libml/keys.py.
       extra_trainable_variables(), report_scalars(), adapt_data(data, settings) (optional).
     Helpers for loss(): forward / forward_views (one batch-norm pass), forward_ema (the teacher),

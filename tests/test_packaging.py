@@ -68,6 +68,25 @@ def test_every_module_and_tool_is_installed_with_a_command():
     assert set(PYPROJECT['tool']['setuptools']['packages']) == {'libml', 'cta', commands.TOOLS_PACKAGE}
 
 
+def test_every_algorithm_is_in_the_readme_table_and_the_accuracy_benchmark():
+    """The README's table under "## Algorithms" has a row per entry script; bench/accuracy.py finds them all."""
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    section = readme.split('\n## Algorithms\n', 1)[1]
+    table = re.search(r'^\| script \|.*?\n\n', section, re.M | re.S).group(0)  # the section's first table
+    rows = re.findall(r'^\| `(\w+)\.py` \|', table, re.M)
+    missing = [name for name in algorithm_modules() if name not in rows]
+    assert not missing, f'add a row for {missing} to the table under "## Algorithms" in README.md'
+    assert sorted(set(rows)) == sorted(rows) and set(rows) <= set(algorithm_modules()), rows
+    code = 'import json, sys; sys.path.insert(0, "bench"); import accuracy; print(json.dumps(accuracy.ALGORITHMS))'
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-3000:]
+    benchmarked = json.loads(done.stdout.splitlines()[-1])
+    assert [module for module, _ in benchmarked] == algorithm_modules()
+    for module, cls in benchmarked:
+        assert re.search(rf'^class {cls}\(train\.Algorithm\)', open(os.path.join(ROOT, module + '.py')).read(), re.M)
+
+
 def test_pip_install_makes_everything_importable_from_any_folder(tmp_path):
     pytest.importorskip('setuptools', minversion='64')
     source = tmp_path / 'source'

@@ -121,6 +121,11 @@ ALGORITHMS = {
     'ict': ('ict.ICT', dict(uratio=1, warmup_kimg=0.125)),
     'vat': ('vat.VAT', dict(uratio=1, warmup_kimg=0.125)),
     'flexmatch': ('flexmatch.FlexMatch', dict()),  # per-image selections, class rates
+    'freematch': ('freematch.FreeMatch', dict()),  # time_p, p_model, label_hist
+    'softmatch': ('softmatch.SoftMatch', dict()),  # p_model (first batch, then EMA), mu, var
+    'adamatch': ('adamatch.AdaMatch', dict()),  # p_target, p_model
+    'simmatch': ('simmatch.SimMatch', dict(start_kimg=0.0625)),  # memory bank, alignment queue, head
+    'dash': ('dash.Dash', dict(warmup_kimg=0.125, gamma_kimg=0.0625)),  # rho_init from the warm-up (ends at 8)
 }
 
 

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds and a fairness term, as USB implements it.
+
+Paper setting (CIFAR-10, 40 labels, WRN-28-2; USB's error 4.97%): python freematch.py --dataset=cifar10.1@40-1
+
+State (checkpointed): time_p = 1/K, p_model (K,) = 1/K, label_hist (K,) = 1/K. With p = stop_gradient(
+softmax(model(weak(u)))) over the global batch (all replicas), n images, m = --ema_p, before the mask:
+  time_p <- m time_p + (1-m) mean_i max_c p_ic,  p_model <- m p_model + (1-m) mean_i p_i,
+  label_hist <- m label_hist + (1-m) bincount(argmax p_i) / n;
+  w_i = 1(max p_i >= time_p * p_model[c_i] / max_c p_model[c]),  c_i = argmax p_i (hard pseudo-label);
+  fairness over the masked images S (0 when S is empty), q_i = softmax(model(strong(u_i))) with its gradient,
+  h_S[c] = share of S with argmax q = c, inv0(x) = 1/x (1/0 = 0), SumNorm(v) = v / sum(v):
+  L_f = sum_c a_c log(b_c + 1e-12),  a = SumNorm(p_model inv0(label_hist)),  b = SumNorm(mean_S q_i inv0(h_S));
+  L = mean_l H(y, x) + wu mean_u[w_i H(c_i, strong(u_i))] + lambda_f L_f   (L_f added, as USB and the paper).
+lambda_f 0.001 as USB's classic CIFAR configs (its argument default is 0.01).
+Label-bias add-ons: --CAI multiplies the per-class thresholds by its factor; --CAP, --CADR, --debiased,
+--mnar_estimate (the unlabeled term on the labeled images: weak x labels strong x, same thresholds).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+import tensorflow as tf  # noqa: E402
+
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
+from libml import losses  # noqa: E402
+from libml import train  # noqa: E402
+from libml import views  # noqa: E402
+from libml.settings import Param, at_least, in_range  # noqa: E402
+
+
+def updated_statistics(time_p, p_model, label_hist, probs, momentum):
+    """(time_p, p_model, label_hist) after one EMA step on the probabilities (n, K) of the global batch."""
+    nclass = probs.shape[-1]
+    time_p = momentum * time_p + (1 - momentum) * tf.reduce_mean(tf.reduce_max(probs, 1))
+    p_model = momentum * p_model + (1 - momentum) * tf.reduce_mean(probs, 0)
+    hist = tf.reduce_mean(tf.one_hot(tf.argmax(probs, 1), nclass), 0)
+    return time_p, p_model, momentum * label_hist + (1 - momentum) * hist
+
+
+def self_adaptive_thresholds(time_p, p_model):
+    """Per-class thresholds (K,) time_p * p_model[c] / max_c p_model[c]."""
+    return time_p * p_model / tf.reduce_max(p_model)
+
+
+def inverse_or_zero(x):
+    return tf.math.divide_no_nan(tf.ones_like(x), x)
+
+
+def fairness_term(logits_strong, mask, p_model, label_hist):
+    """L_f = sum_c a_c log(b_c + 1e-12) over the images with mask 1 (0 when none); gradient through q."""
+    probs = tf.nn.softmax(logits_strong)
+    weights = tf.cast(mask, probs.dtype)[:, None]
+    count = tf.reduce_sum(weights)
+    share = tf.reduce_sum(weights * tf.one_hot(tf.argmax(probs, 1), probs.shape[-1]), 0) / tf.maximum(count, 1.)
+    a = tf.stop_gradient(p_model * inverse_or_zero(label_hist))
+    a = a / tf.reduce_sum(a)
+    b = tf.reduce_sum(weights * probs, 0) / tf.maximum(count, 1.) * tf.stop_gradient(inverse_or_zero(share))
+    b = b / tf.maximum(tf.reduce_sum(b), 1e-30)
+    return tf.where(count > 0, tf.reduce_sum(a * tf.math.log(b + 1e-12)), 0.)
+
+
+class FreeMatch(train.Algorithm):
+    params = dict(
+        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).', check=at_least(1)),
+        wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).', check=at_least(0)),
+        ema_p=Param(0.999, 'Momentum m of the EMAs time_p, p_model and label_hist.', check=in_range(0, 1)),
+        lambda_f=Param(0.001, 'Weight of the fairness term (USB: 0.001 in its CIFAR configs, 0.01 as argument '
+                       'default).', check=at_least(0)),
+        augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
+    )
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+
+    def build(self):
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
+        uniform = tf.fill([self.nclass], 1 / self.nclass)
+        self.time_p = tf.Variable(1 / self.nclass, trainable=False, name='time_p', aggregation=first)
+        self.p_model = tf.Variable(uniform, trainable=False, name='p_model', aggregation=first)
+        self.label_hist = tf.Variable(uniform, trainable=False, name='label_hist', aggregation=first)
+        return dict(time_p=self.time_p, p_model=self.p_model, label_hist=self.label_hist)
+
+    def views(self):
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
+
+    def loss(self, batch, step):
+        s = self.settings
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        self.bias.update(logits[keys.U_WEAK])
+        probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
+        every = tf.reshape(tf.distribute.get_replica_context().all_gather(probs, 0), [-1, self.nclass])
+        for variable, value in zip((self.time_p, self.p_model, self.label_hist), updated_statistics(
+                self.time_p, self.p_model, self.label_hist, every, s.ema_p)):
+            variable.assign(value)
+        thresholds = self.bias.thresholds(1.0) * self_adaptive_thresholds(self.time_p, self.p_model)
+        labels = batch[keys.LABEL]
+        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
+        h_unlabeled, mask = losses.pseudo_label_term(logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds)
+        h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
+            if self.bias.needs_labeled_term else None
+        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
+        fairness = fairness_term(logits[keys.U_STRONG], mask, self.p_model, self.label_hist)
+        return xe + unlabeled + s.lambda_f * fairness, {
+            keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), 'losses/fairness': fairness,
+            'monitors/time_p': tf.convert_to_tensor(self.time_p)}
+
+
+if __name__ == '__main__':
+    train.main(FreeMatch)

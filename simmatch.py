@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""SimMatch (Zheng et al., CVPR 2022): pseudo-labels and instance targets from a labeled memory bank, as USB.
+
+Paper setting (CIFAR-10, 40 labels, WRN-28-2; USB's error 5.18%): python simmatch.py --dataset=cifar10.1@40-1
+
+A projection head on the pooled features, Dense(F)-ReLU-Dense(128), gives L2-normalised embeddings e.
+State (checkpointed): bank (128, n_l), one column per labeled image (random normal, columns normalised),
+labels_bank (n_l,) (their classes), queue (32, K) of the last batch means of p (uniform at first), the
+head. With p = stop_gradient(softmax(model(weak(u)))), e_w = stop_gradient(e(weak(u))), e_s = e(strong(u)):
+  alignment  queue <- this global batch's mean p (row t mod 32);  p_w = SumNorm(p (1/K + 1e-6) / (mean queue
+             + 1e-6));
+  t0 = softmax(e_w . bank / T) (n, n_l);  unfolding t[i,k] = SumNorm_k(t0[i,k] p_w[i, labels_bank[k]]);
+  aggregation agg[i,c] = sum_{k: labels_bank[k] = c} t0[i,k];  p~ = alpha p_w + (1-alpha) agg;
+  L_u = mean_u[1(max p~ >= tau) H(p~, model(strong(u)))],  L_in = mean_u sum_k -t[i,k] log softmax(e_s . bank/T)_k;
+  L = mean_l H(y, x) + wu L_u + w_in L_in;  before --start_kimg (1024 steps of 64): p~ = p_w, L_in = 0.
+After the loss, every labeled image j of the global batch: bank[:, j] <- normalise(0.7 bank[:, j] + 0.3 e(x_j))
+(per column; an image drawn twice in one step uses the mean of its embeddings). T 0.1, alpha 0.9, tau 0.95.
+Label-bias add-ons: --CAI multiplies tau by its per-class factor; --CAP, --CADR, --mnar_estimate (on L_u),
+--debiased (subtracts L_u and L_in computed on the labeled images: weak x gives the targets of strong x).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
+from libml import losses  # noqa: E402
+from libml import models  # noqa: E402
+from libml import train  # noqa: E402
+from libml import views  # noqa: E402
+from libml.settings import Param, above, at_least, in_range  # noqa: E402
+
+QUEUE = 32  # batch means of p in the distribution-alignment queue
+BANK_MOMENTUM = 0.7
+
+
+def uniform_aligned(probs, p_model):
+    """SumNorm(p * (1/K + 1e-6) / (p_model + 1e-6)) per row."""
+    out = probs * (1 / probs.shape[-1] + 1e-6) / (p_model + 1e-6)
+    return out / tf.reduce_sum(out, 1, keepdims=True)
+
+
+def similarity_targets(probs_w, emb_weak, bank, labels_bank, T=0.1, alpha=0.9):
+    """(p~ = alpha p_w + (1-alpha) agg (n, K), unfolded t (n, n_l)) from the aligned p_w and the weak embeddings."""
+    t0 = tf.nn.softmax(tf.matmul(emb_weak, bank) / T)
+    onehot = tf.one_hot(labels_bank, probs_w.shape[-1])  # (n_l, K)
+    unfolded = t0 * tf.matmul(probs_w, onehot, transpose_b=True)  # t0[i,k] p_w[i, labels_bank[k]]
+    unfolded = unfolded / tf.reduce_sum(unfolded, 1, keepdims=True)
+    return alpha * probs_w + (1 - alpha) * tf.matmul(t0, onehot), unfolded
+
+
+def instance_term(unfolded, emb_strong, bank, T=0.1):
+    """sum_k -t[i,k] log softmax(e_s . bank / T)[k] per image."""
+    return losses.soft_cross_entropy(tf.stop_gradient(unfolded), tf.matmul(emb_strong, bank) / T)
+
+
+def updated_bank(bank, index, emb, momentum=BANK_MOMENTUM):
+    """bank (D, n_l) with columns `index` set to normalise(m bank[:, j] + (1-m) e_j), each column to unit
+    norm; a column listed several times takes the mean of its embeddings."""
+    onehot = tf.one_hot(index, tf.shape(bank)[1])  # (n, n_l)
+    counts = tf.reduce_sum(onehot, 0)
+    mean = tf.matmul(emb, onehot, transpose_a=True) / tf.maximum(counts, 1.)  # (D, n_l)
+    fresh = tf.math.l2_normalize(momentum * bank + (1 - momentum) * mean, axis=0)
+    return tf.where(counts > 0, fresh, bank)
+
+
+class SimMatch(train.Algorithm):
+    params = dict(
+        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).', check=at_least(1)),
+        confidence=Param(0.95, 'Confidence threshold tau on the combined pseudo-label p~.',
+                         check=in_range(0, 1, low_open=True)),
+        wu=Param(1.0, 'Weight of the unlabeled term L_u (0 = complete-case baseline).', check=at_least(0)),
+        w_in=Param(1.0, 'Weight of the instance term L_in.', check=at_least(0)),
+        T=Param(0.1, 'Temperature of the similarities to the bank.', check=above(0)),
+        alpha=Param(0.9, 'p~ = alpha p_w + (1 - alpha) aggregated bank similarities.', check=in_range(0, 1)),
+        proj_size=Param(128, 'Embedding size of the projection head.', check=at_least(1)),
+        start_kimg=Param(64.0, 'Before this many kimg (1024 steps of 64) p~ = p_w and L_in = 0.', check=at_least(0)),
+        augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
+    )
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+
+    def build(self):
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
+        self.classifier = models.with_features(self.trainer.model)
+        width = self.classifier.outputs[1].shape[-1]
+        self.head = keras.Sequential([keras.layers.Dense(width, activation='relu', dtype='float32'),
+                                      keras.layers.Dense(self.settings.proj_size, dtype='float32')], name='head')
+        self.head.build((None, width))
+        labels = self.trainer.data.labeled.labels
+        start = tf.random.stateless_normal([self.settings.proj_size, len(labels)], [self.settings.seed, 23])
+        self.bank = tf.Variable(tf.math.l2_normalize(start, axis=0), trainable=False, name='bank', aggregation=first)
+        self.labels_bank = tf.Variable(tf.constant(labels, tf.int64), trainable=False, name='labels_bank')
+        self.queue = tf.Variable(tf.fill([QUEUE, self.nclass], 1 / self.nclass), trainable=False, name='queue',
+                                 aggregation=first)
+        return dict(bank=self.bank, labels_bank=self.labels_bank, queue=self.queue, head=self.head)
+
+    def extra_trainable_variables(self):
+        return list(self.head.trainable_variables)
+
+    def views(self):
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
+
+    def embed(self, features):
+        return tf.math.l2_normalize(self.head(tf.cast(features, tf.float32)), axis=1)
+
+    def terms(self, logits_weak, emb_weak, logits_strong, emb_strong, thresholds, started):
+        """(per-image masked H(p~, strong), per-image L_in, mask) of one set of images."""
+        s = self.settings
+        probs_w = uniform_aligned(tf.nn.softmax(tf.stop_gradient(logits_weak)), tf.reduce_mean(self.queue, 0))
+        combined, unfolded = similarity_targets(probs_w, tf.stop_gradient(emb_weak), self.bank, self.labels_bank,
+                                                s.T, s.alpha)
+        targets = tf.where(started, combined, probs_w)
+        mask = losses.confidence_mask(targets, thresholds)
+        h = mask * losses.soft_cross_entropy(targets, logits_strong)
+        return h, tf.cast(started, tf.float32) * instance_term(unfolded, emb_strong, self.bank, s.T), mask
+
+    def loss(self, batch, step):
+        s = self.settings
+        names = [name for name in (keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG) if name in batch]
+        logits, features = self.classifier(tf.concat([batch[name] for name in names], 0), training=True)
+        sizes = [tf.shape(batch[name])[0] for name in names]
+        logits = dict(zip(names, tf.split(tf.cast(logits, tf.float32), sizes, 0)))
+        emb = dict(zip(names, tf.split(self.embed(features), sizes, 0)))
+        self.bias.update(logits[keys.U_WEAK])
+        ctx = tf.distribute.get_replica_context()
+        mean_p = tf.reduce_mean(ctx.all_gather(tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])), 0), 0)
+        mean_p = tf.reshape(mean_p, [self.nclass])
+        row = tf.cast(step % QUEUE, tf.int32)
+        self.queue.assign(tf.tensor_scatter_nd_update(self.queue, [[row]], [mean_p]))
+        started = step >= self.trainer.kimg_to_steps(s.start_kimg)
+        thresholds = self.bias.thresholds(s.confidence)
+        labels = batch[keys.LABEL]
+        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
+        h_u, in_u, mask = self.terms(logits[keys.U_WEAK], emb[keys.U_WEAK], logits[keys.U_STRONG],
+                                     emb[keys.U_STRONG], thresholds, started)
+        h_x = in_x = None
+        if self.bias.needs_labeled_term:
+            h_x, in_x, _ = self.terms(logits[keys.X], emb[keys.X], logits[keys.X_STRONG], emb[keys.X_STRONG],
+                                      thresholds, started)
+        unlabeled, xeu = self.bias.unlabeled(h_u, h_x, labels)
+        instance = losses.dessl_mean(in_u, in_x if s.debiased else None)
+        index = ctx.all_gather(batch[keys.X_INDEX], 0)
+        embedded = tf.reshape(ctx.all_gather(tf.stop_gradient(emb[keys.X]), 0), [-1, emb[keys.X].shape[-1]])
+        with tf.control_dependencies([instance, unlabeled]):  # the bank changes after the loss has read it
+            self.bank.assign(updated_bank(self.bank, index, embedded))
+        return xe + unlabeled + s.w_in * instance, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
+                                                    'losses/in': tf.reduce_mean(in_u)}
+
+
+if __name__ == '__main__':
+    train.main(SimMatch)

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""SoftMatch (Chen et al., ICLR 2023): truncated-Gaussian sample weights after uniform alignment, as USB.
+
+Paper setting (CIFAR-10, 40 labels, WRN-28-2; USB's error 5.06%): python softmatch.py --dataset=cifar10.1@40-1
+
+State (checkpointed): p_model (K,) (set to the first batch's mean, then EMA), started (0 or 1), mu = 1/K,
+var = 1. With p = stop_gradient(softmax(model(weak(u)))) of the global batch (all replicas), m = --ema_p:
+  p_model <- mean_i p_i at the first step, then m p_model + (1-m) mean_i p_i   (before aligning);
+  uniform alignment  p~_i = SumNorm(p_i * (1/K + 1e-6) / (p_model + 1e-6)),  m_i = max_c p~_ic;
+  mu <- m mu + (1-m) mean_i m_i,  var <- m var + (1-m) var_unbiased(m_i)   (before the weights);
+  w_i = exp(-min(m_i - mu, 0)^2 / (2 var / n_sigma^2)),  n_sigma = --n_sigma;
+  L = mean_l H(y, x) + wu mean_u[w_i H(argmax weak logits_i, model(strong(u_i)))].
+The aligned probabilities are not put through a second softmax (USB did before April 2023; see README).
+Label-bias add-ons: --CAP, --debiased, --mnar_estimate (the term on the labeled images with the same
+mu, var and p_model); no confidence threshold: --CAI and --CADR are refused.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libml import utils  # noqa: E402
+
+utils.quiet_tensorflow()
+import tensorflow as tf  # noqa: E402
+
+from libml import debias  # noqa: E402
+from libml import keys  # noqa: E402
+from libml import losses  # noqa: E402
+from libml import train  # noqa: E402
+from libml import views  # noqa: E402
+from libml.settings import Param, above, at_least, in_range  # noqa: E402
+
+
+def updated_p_model(p_model, started, probs, momentum):
+    """The batch mean of probs (n, K) when `started` is 0, else the EMA step from p_model."""
+    mean = tf.reduce_mean(probs, 0)
+    return tf.where(started > 0, momentum * p_model + (1 - momentum) * mean, mean)
+
+
+def uniform_alignment(probs, p_model):
+    """SumNorm(p * (1/K + 1e-6) / (p_model + 1e-6)) per row."""
+    aligned = probs * (1 / probs.shape[-1] + 1e-6) / (p_model + 1e-6)
+    return aligned / tf.reduce_sum(aligned, 1, keepdims=True)
+
+
+def updated_gaussian(mu, var, max_probs, momentum):
+    """(mu, var) after one EMA step with the mean and the unbiased variance of max_probs (n,)."""
+    n = tf.cast(tf.size(max_probs), tf.float32)
+    mean = tf.reduce_mean(max_probs)
+    unbiased = tf.reduce_sum(tf.square(max_probs - mean)) / tf.maximum(n - 1, 1.)
+    return momentum * mu + (1 - momentum) * mean, momentum * var + (1 - momentum) * unbiased
+
+
+def truncated_gaussian_weights(max_probs, mu, var, n_sigma=2.):
+    """exp(-min(m - mu, 0)^2 / (2 var / n_sigma^2)): 1 at or above mu."""
+    return tf.exp(-tf.square(tf.minimum(max_probs - mu, 0.)) / (2 * var / n_sigma ** 2))
+
+
+class SoftMatch(train.Algorithm):
+    params = dict(
+        uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).', check=at_least(1)),
+        wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).', check=at_least(0)),
+        ema_p=Param(0.999, 'Momentum of the EMAs p_model, mu and var.', check=in_range(0, 1)),
+        n_sigma=Param(2.0, 'Width of the Gaussian in standard deviations (the weight is 1 at or above mu).',
+                      check=above(0)),
+        augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
+    )
+    label_bias = debias.Support(threshold=False, labeled_term=True, unlabeled_term=True)
+
+    def build(self):
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
+        self.p_model = tf.Variable(tf.fill([self.nclass], 1 / self.nclass), trainable=False, name='p_model',
+                                   aggregation=first)
+        self.started = tf.Variable(0., trainable=False, name='started', aggregation=first)
+        self.mu = tf.Variable(1 / self.nclass, trainable=False, name='mu', aggregation=first)
+        self.var = tf.Variable(1., trainable=False, name='var', aggregation=first)
+        return dict(p_model=self.p_model, started=self.started, mu=self.mu, var=self.var)
+
+    def views(self):
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
+
+    def term(self, logits_weak, logits_strong):
+        """(w_i H(argmax weak_i, strong_i) (n,), w (n,)) with the current p_model, mu and var."""
+        aligned = uniform_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), self.p_model)
+        weights = truncated_gaussian_weights(tf.reduce_max(aligned, 1), self.mu, self.var, self.settings.n_sigma)
+        return weights * losses.cross_entropy(tf.argmax(logits_weak, 1), logits_strong), weights
+
+    def loss(self, batch, step):
+        s = self.settings
+        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        self.bias.update(logits[keys.U_WEAK])
+        probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
+        every = tf.reshape(tf.distribute.get_replica_context().all_gather(probs, 0), [-1, self.nclass])
+        self.p_model.assign(updated_p_model(self.p_model, self.started, every, s.ema_p))
+        self.started.assign(1.)
+        mu, var = updated_gaussian(self.mu, self.var, tf.reduce_max(uniform_alignment(every, self.p_model), 1), s.ema_p)
+        self.mu.assign(mu)
+        self.var.assign(var)
+        labels = batch[keys.LABEL]
+        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
+        h_unlabeled, weights = self.term(logits[keys.U_WEAK], logits[keys.U_STRONG])
+        h_labeled = self.term(logits[keys.X], logits[keys.X_STRONG])[0] if self.bias.needs_labeled_term else None
+        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
+        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(weights),
+                                'monitors/mu': tf.convert_to_tensor(self.mu)}
+
+
+if __name__ == '__main__':
+    train.main(SoftMatch)
