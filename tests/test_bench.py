@@ -12,6 +12,7 @@ from libml import targets
 
 TINY_MODEL = ['--filters=8', '--repeat=1', '--batch=4', '--uratio=1']
 BENCHMARKS = {
+    'profile_step.py': (TINY_MODEL + ['--steps=1'], r'^top op types, share of op self time: \S+ [0-9]+%'),
     'input_pipeline.py': (['--batch=4', '--uratio=1', '--steps=2', '--warmup=1', '--repeats=1'],
                           r'^ratio weak-augmented / no-augmentation: [0-9.]+$'),
     'accuracy.py': (['--algorithms=FullySupervised,FixMatch', '--labels=40', '--train_kimg=0.064', '--eval_size=500',

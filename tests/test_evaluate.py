@@ -25,7 +25,8 @@ def tiny_run(fashion_mnist_root, tmp_path_factory):
     previous = os.environ.get('ML_DATA')
     os.environ['ML_DATA'] = fashion_mnist_root
     try:
-        yield run_tiny(tmp_path_factory.mktemp('run'), train_kimg=0.25, report_kimg=0.25, save_kimg=0.125)
+        # every test image (not the tests' 1,000): compared with evaluate.py, which reads them all
+        yield run_tiny(tmp_path_factory.mktemp('run'), train_kimg=0.25, report_kimg=0.25, save_kimg=0.125, eval_size=0)
     finally:
         os.environ['ML_DATA'] = previous or ''
 
