@@ -20,6 +20,7 @@ import dataclasses
 import math
 
 import keras
+import tensorflow as tf
 
 from libml.utils import UserError
 
@@ -46,12 +47,37 @@ class Norm:
     """Batch-norm settings shared by every BN layer of a model."""
     momentum: float = BN_MOMENTUM
     synchronized: bool = False  # cross-replica batch statistics under tf.distribute
+    fused: bool = True          # FusedBatchNorm for training; False: plain Keras layers (evaluation, export)
+
+
+class FusedBatchNorm(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization (same variables, same results) whose training-mode pass over
+    (N, H, W, C) images is TensorFlow's fused kernel: the batch moments and the normalisation in one
+    op forward and one op backward (oneDNN's on a CPU), instead of Keras's separate moments,
+    multiplications and their gradients. Moving statistics: moving = momentum moving + (1 - momentum)
+    batch, with the biased batch variance, as Keras. Other cases (inference, masks, renorm,
+    synchronized statistics, other ranks) are Keras's own code."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized \
+                or len(inputs.shape) != 4 or self.axis not in (-1, 3) or not (self.scale and self.center):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)
+        empty = tf.zeros([0], tf.float32)
+        y, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.cast(self.gamma, tf.float32), offset=tf.cast(self.beta, tf.float32), mean=empty,
+            variance=empty, epsilon=self.epsilon, is_training=True, data_format='NHWC')
+        count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+        variance = unbiased * ((count - 1) / count)  # the kernel returns the Bessel-corrected variance
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
 
 
 def bn(x, norm, name=None):
     """Batch norm over the channel axis (epsilon 1e-3, momentum norm.momentum); shape unchanged."""
-    return keras.layers.BatchNormalization(momentum=norm.momentum, epsilon=BN_EPSILON,
-                                           synchronized=norm.synchronized, name=name)(x)
+    layer = FusedBatchNorm if norm.fused and not norm.synchronized else keras.layers.BatchNormalization
+    return layer(momentum=norm.momentum, epsilon=BN_EPSILON, synchronized=norm.synchronized, name=name)(x)
 
 
 def bn_lrelu(x, norm, name):
@@ -183,17 +209,18 @@ def cnn13(nclass, shape, norm, dropout):
 # ----------------------------------------------------------------------------- public API
 
 def create_model(arch, nclass, shape, filters=32, scales=0, repeat=4, sync_bn=False, dropout=0.0,
-                 bn_momentum=BN_MOMENTUM):
+                 bn_momentum=BN_MOMENTUM, fused_bn=True):
     """Builds `arch` for (H, W, C) float32 images in [-1, 1]; returns a keras.Model giving
     float32 logits (N, nclass).
 
     filters/scales/repeat apply to 'wrn' only (scales=0: automatic, see `auto_scales`).
     dropout > 0 adds dropout with that rate before the final dense layer. sync_bn=True
     uses cross-replica batch statistics under tf.distribute; bn_momentum is the decay of the
-    batch-norm moving statistics.
+    batch-norm moving statistics. fused_bn=False builds plain Keras batch-norm layers (the same
+    variables and results; for a model saved or exported without this package's classes).
     """
     shape = tuple(int(d) for d in shape)
-    norm = Norm(bn_momentum, sync_bn)
+    norm = Norm(bn_momentum, sync_bn, fused_bn)
     if arch == 'wrn':
         scales = scales or auto_scales(shape)
         return wrn(nclass, shape, filters, scales, repeat, norm, dropout)

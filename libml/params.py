@@ -10,8 +10,9 @@ COMMON = dict(
                   'cifar10_LT_20.1@20-1, fashion_mnist.1@40-1.', identity=False),
     train_dir=Param('./experiments', 'Folder of the runs: <train_dir>/<dataset>/<algorithm_settings>/.',
                     identity=False, check=non_empty),
-    local=Param(False, 'One switch for a small run on a CPU: a narrow, shallow WRN (WRN-10-1), a short schedule '
-                'and the step compiled with XLA (the paper settings stay the defaults).'),
+    local=Param(False, 'One switch for a small run on a CPU: a narrow, shallow WRN (WRN-10-1), a short schedule, an '
+                'early first evaluation and the supervised baseline of the same budget (the paper settings stay the '
+                'defaults).'),
     arch=Param('wrn', 'Model architecture.', choices=('wrn', 'resnet18', 'cnn13')),
     filters=Param(32, 'WRN width: stage s has filters << s channels (32 = WRN-28-2, 128 = WRN-28-8).', local=16,
                   check=at_least(1)),
@@ -54,8 +55,9 @@ COMMON = dict(
                     choices=('float32', 'mixed_float16', 'mixed_bfloat16')),
     xla=Param(False, 'Compile the training step with XLA: augmentation, forward, backward, update and EMA as one '
               'program on one device (the part before the cross-replica gradient sum on several). Random numbers drawn '
-              'in the loss (MixUp, VAT, ReMixMatch) come from XLA\'s generator: other draws of the same distributions.',
-              identity=False, local=True),
+              'in the loss (MixUp, VAT, ReMixMatch) come from XLA\'s generator: other draws of the same distributions. '
+              'Faster or slower depending on the processor: measure with bench/train_step.py.',
+              identity=False),
     deterministic=Param(False, 'Deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism): '
                         'the same run gives bit-identical weights. Augmentation is exact without it.',
                         identity=False),

@@ -92,7 +92,8 @@ def create_model(settings, info: records.DatasetInfo) -> keras.Model:
     """The run's classifier for the dataset described by `info`."""
     return models.create_model(settings['arch'], info.nclass, info.shape, filters=settings['filters'],
                                scales=settings['scales'], repeat=settings['repeat'],
-                               bn_momentum=settings['bn_momentum'], sync_bn=settings.get('sync_bn', False))
+                               bn_momentum=settings['bn_momentum'], sync_bn=settings.get('sync_bn', False),
+                               fused_bn=settings.get('fused_bn', True))
 
 
 def classify(model: keras.Model, ema: 'EMA | None', images: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -110,7 +111,7 @@ def load_ema_model(run_dir: str):
     unreadable one is skipped with a warning). The raw weights are used when the run has no EMA (--ema=0)."""
     saved = utils.read_json(os.path.join(run_dir, 'args.json'), 'run settings (args.json of a run directory)')
     info = records.DatasetInfo.load(targets.recipe_for(targets.parse_name(saved['dataset']).target).base)
-    model = create_model(dict(saved, sync_bn=False), info)
+    model = create_model(dict(saved, sync_bn=False, fused_bn=False), info)  # plain Keras layers: exportable
     ema = EMA(model.trainable_variables, saved['ema']) if saved['ema'] else None
     tf_dir = os.path.join(run_dir, 'tf')
     found = checkpoints.find(tf_dir)

@@ -142,6 +142,39 @@ def test_batch_norm_settings(arch):
                if isinstance(layer, keras.layers.BatchNormalization))
 
 
+def test_fused_batch_norm_equals_keras_batch_norm():
+    """The training-mode fused kernel gives Keras's outputs, gradients and moving statistics (biased
+    batch variance), also through stateless_call (the passes that leave the statistics alone)."""
+    import tensorflow as tf
+    x = tf.random.stateless_normal([8, 6, 6, 5], [0, 1]) * 3 + 1
+    results = []
+    for cls in (keras.layers.BatchNormalization, models.FusedBatchNorm):
+        layer = cls(momentum=0.9, epsilon=1e-3)
+        layer.build(x.shape)
+        layer.gamma.assign(tf.random.stateless_normal([5], [1, 2]) + 1)
+        layer.beta.assign(tf.random.stateless_normal([5], [3, 4]))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        _, stateless = layer.stateless_call(layer.trainable_variables, layer.non_trainable_variables, x, training=True)
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, *stateless,
+                        layer(x, training=False)])
+    mean, variance = np.mean(x.numpy(), (0, 1, 2)), np.var(x.numpy(), (0, 1, 2))  # biased, by hand
+    np.testing.assert_allclose(results[1][4], 0.1 * mean, rtol=1e-5)  # 0.9 * 0 + 0.1 * mean
+    np.testing.assert_allclose(results[1][5], 0.9 + 0.1 * variance, rtol=1e-5)
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value), rtol=2e-5, atol=2e-5)
+    plain = models.create_model('wrn', 10, (16, 16, 3), filters=8, repeat=1, scales=2, fused_bn=False)
+    fused = models.create_model('wrn', 10, (16, 16, 3), filters=8, repeat=1, scales=2)
+    synced = models.create_model('wrn', 10, (16, 16, 3), filters=8, repeat=1, scales=2, sync_bn=True)
+    kinds = [{type(layer) for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization)}
+             for m in (plain, fused, synced)]
+    assert kinds == [{keras.layers.BatchNormalization}, {models.FusedBatchNorm}, {keras.layers.BatchNormalization}]
+    assert [v.path for v in plain.weights] == [v.path for v in fused.weights]  # checkpoints fit both
+
+
 def test_wrn_layout(wrn28_2):
     bns = [layer for layer in wrn28_2.layers if isinstance(layer, keras.layers.BatchNormalization)]
     convs = [layer for layer in wrn28_2.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -114,7 +114,7 @@ def test_settings_local_defaults_names_and_errors():
     paper = settings_lib.resolve(params, {})
     assert (paper.filters, paper.batch, paper.train_kimg, paper.lr, paper.augment) == (32, 64, 65536, 0.03, 'd.d.cta')
     local = settings_lib.resolve(params, dict(local=True, filters=8))
-    assert (local.filters, local.repeat, local.batch, local.xla) == (8, 1, 32, True)
+    assert (local.filters, local.repeat, local.batch, local.xla) == (8, 1, 32, False)
     # FixMatch's own quick-start values under --local (README): mu 3, tau 0.8, 96 kimg, a report every 4 kimg
     assert (local.uratio, local.confidence, local.train_kimg, local.report_kimg) == (3, 0.8, 96, 4)
     assert (local.baseline, local.first_report_kimg, paper.baseline, paper.first_report_kimg) == (True, 1, False, 0)
