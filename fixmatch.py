@@ -93,7 +93,7 @@ class FixMatch(train.Algorithm):
         lr_end=Param(0.0, 'Learning rate at the end of --lr_schedule=linear: lr + (lr_end - lr) t/T '
                      '(ab_fixmatch_linearlr: 0.02).', check=at_least(0)),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -138,7 +138,8 @@ class FixMatch(train.Algorithm):
         if s.sup_strong:
             xe = (xe + losses.cross_entropy(batch[keys.LABEL], logits[keys.X_STRONG])) / 2
         xe = self.bias.labeled(xe, batch[keys.LABEL])
-        h_unlabeled, mask = self.unlabeled_term(logits[keys.U_WEAK], [logits[name] for name in u_strong], thresholds)
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        h_unlabeled, mask = self.unlabeled_term(weak, [logits[name] for name in u_strong], thresholds)
         h_labeled = self.unlabeled_term(teacher_x, [logits[name] for name in x_strong], thresholds)[0] \
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, batch[keys.LABEL])

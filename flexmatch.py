@@ -60,7 +60,7 @@ class FlexMatch(train.Algorithm):
         warmup=Param(True, 'Threshold warm-up: the never-selected images count in the normalisation of beta.'),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
 
     def build(self):
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
@@ -86,7 +86,8 @@ class FlexMatch(train.Algorithm):
         thresholds = self.bias.thresholds(self.settings.confidence) * self.beta / (2 - self.beta)  # tau M(beta)
         labels = batch[keys.LABEL]
         xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        h_unlabeled, mask = losses.pseudo_label_term(logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds)
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        h_unlabeled, mask = losses.pseudo_label_term(weak, logits[keys.U_STRONG], thresholds)
         h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)

@@ -115,7 +115,8 @@ def recipe_for(target, root=None):
         meta = utils.read_json(meta_path, 'unlabeled-set description')
         return Recipe(meta['base'], {}, {}, known=False)
     raise utils.UserError(f'unknown dataset {target!r}; known: {", ".join(known_targets(root))} (plus '
-                          f'<name>_LT_<lamda>, <name>_IMB_<gamma>, <name>_INV_<gamma>, <name>_IMB_<gamma>_U<M1>_<gamma_u>); convert your own with '
+                          f'<name>_LT_<lamda>, <name>_IMB_<gamma>, <name>_INV_<gamma>, '
+                          f'<name>_IMB_<gamma>_U<M1>_<gamma_u>); convert your own with '
                           f'scripts/create_datasets.py --name=NAME --from_dir=DIR')
 
 

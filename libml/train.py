@@ -193,7 +193,8 @@ class Trainer:
             self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='bad_step',
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.bias = debias.LabelBias(settings, self.data.labeled.labels,
-                                         len(self.data.unlabeled) + len(self.data.valid), self.data.nclass)
+                                         len(self.data.unlabeled) + len(self.data.valid), self.data.nclass,
+                                         n_unlabeled=len(self.data.unlabeled), kimg_to_steps=self.kimg_to_steps)
             self.algorithm = algorithm_cls(self)
             algorithm_state = {**self.bias.build(), **self.algorithm.build()}
             extra = self.algorithm.extra_trainable_variables()

@@ -51,8 +51,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) < 3:
-        raise utils.UserError('usage: create_split.py --seed=S --size=N [--lamda=L | --gamma=G [--disjoint] | --class_probs=...] '
-                              'TARGET FILE.tfrecord [FILE ...]')
+        raise utils.UserError('usage: create_split.py --seed=S --size=N [--lamda=L | --gamma=G [--disjoint] | '
+                              '--class_probs=...] TARGET FILE.tfrecord [FILE ...]')
     size, meta = splits.create_split(argv[1], argv[2:], FLAGS.seed, FLAGS.size, FLAGS.lamda, FLAGS.gamma,
                                      FLAGS.class_probs, FLAGS.disjoint)
     name = f'{os.path.basename(argv[1])}.{FLAGS.seed}@{size}'

@@ -40,7 +40,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) < 3:
-        raise utils.UserError('usage: create_unlabeled.py [--gamma=G [--inverse] [--size=M1]] TARGET FILE.tfrecord [FILE ...]')
+        raise utils.UserError('usage: create_unlabeled.py [--gamma=G [--inverse] [--size=M1]] TARGET FILE.tfrecord '
+                              '[FILE ...]')
     meta = splits.create_unlabeled(argv[1], argv[2:], gamma=FLAGS.gamma, inverse=FLAGS.inverse, seed=FLAGS.seed,
                                      size=FLAGS.size)
     logging.info('Wrote %s-unlabel.tfrecord: %d records, per class %s', argv[1], len(meta['indexes']),
