@@ -93,13 +93,16 @@ class FixMatch(train.Algorithm):
         lr_end=Param(0.0, 'Learning rate at the end of --lr_schedule=linear: lr + (lr_end - lr) t/T '
                      '(ab_fixmatch_linearlr: 0.02).', check=at_least(0)),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True, abc=True)
 
     def __init__(self, trainer):
         super().__init__(trainer)
         s = self.settings
         if s.lr_end and s.lr_schedule != 'linear':
             raise utils.UserError(f'--lr_end={s.lr_end:g} is the end of the linear schedule; add --lr_schedule=linear')
+        if s.abc and s.teacher != 'model':
+            raise utils.UserError(f'--abc trains its head on the weak views of the trained pass, which --teacher='
+                                  f'{s.teacher} leaves out; use --teacher=model')
         if s.nstrong < 1:
             raise utils.UserError(f'--nstrong={s.nstrong}: at least one strong view is needed; use --nstrong=1 or more')
 
@@ -125,7 +128,7 @@ class FixMatch(train.Algorithm):
         s = self.settings
         x_strong, u_strong = self.strong_names(keys.X_STRONG), self.strong_names(keys.U_STRONG)
         weak = [keys.U_WEAK] if s.teacher == 'model' else []  # an EMA teacher labels the weak views itself
-        logits = self.forward_views(batch, keys.X, *x_strong, *weak, *u_strong)
+        logits, features = self.forward_views(batch, keys.X, *x_strong, *weak, *u_strong, features=True)
         teacher_x = logits[keys.X]
         if s.teacher != 'model':
             training = s.teacher == 'ema_train'
@@ -143,7 +146,8 @@ class FixMatch(train.Algorithm):
         h_labeled = self.unlabeled_term(teacher_x, [logits[name] for name in x_strong], thresholds)[0] \
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, batch[keys.LABEL])
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask)}
+        balanced, logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
+        return xe + unlabeled + balanced, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), **logs}
 
 
 if __name__ == '__main__':

@@ -60,7 +60,7 @@ class FlexMatch(train.Algorithm):
         warmup=Param(True, 'Threshold warm-up: the never-selected images count in the normalisation of beta.'),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True, abc=True)
 
     def build(self):
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
@@ -81,7 +81,7 @@ class FlexMatch(train.Algorithm):
         self.beta.assign(learning_effect(self.selected, self.beta, self.nclass, self.settings.warmup))
 
     def loss(self, batch, step):
-        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        logits, features = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG, features=True)
         self.bias.update(logits[keys.U_WEAK])
         thresholds = self.bias.thresholds(self.settings.confidence) * self.beta / (2 - self.beta)  # tau M(beta)
         labels = batch[keys.LABEL]
@@ -92,8 +92,9 @@ class FlexMatch(train.Algorithm):
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
         self.update(batch[keys.U_INDEX], tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])))
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
-                                'monitors/selected': tf.reduce_mean(tf.cast(self.selected >= 0, tf.float32))}
+        balanced, logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
+        return xe + unlabeled + balanced, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), **logs,
+                                           'monitors/selected': tf.reduce_mean(tf.cast(self.selected >= 0, tf.float32))}
 
 
 if __name__ == '__main__':

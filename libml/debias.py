@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from libml import abc_head
 from libml import darp as darp_lib
 from libml import utils
 from libml.settings import Param, at_least
@@ -43,6 +44,7 @@ PARAMS = dict(
     CADR=Param(False, 'CADR doubly robust correction: subtract the CAP-weighted imputed term of the labeled batch '
                '(needs --CAP).'),
     **darp_lib.PARAMS,
+    **abc_head.PARAMS,
 )
 
 
@@ -54,6 +56,7 @@ class Support:
     labeled_term: bool = False
     unlabeled_term: bool = False
     darp: bool = False  # hard pseudo-labels and a confidence mask from the weak view's p, which DARP may replace
+    abc: bool = False   # a labeled view and weak and strong unlabeled views in one pass, whose features ABC takes
 
 
 def check(settings, support: Support, algorithm: str) -> None:
@@ -68,11 +71,13 @@ def check(settings, support: Support, algorithm: str) -> None:
               'a plain labeled cross-entropy and a per-image unlabeled term')]
     needs.append(('darp', s.get('darp'), support.darp, 'pseudo-labels of a confidence threshold taken from the '
                   'weak view\'s prediction'))
+    needs.append(('abc', s.get('abc'), support.abc, 'a labeled view and weak and strong unlabeled views in one '
+                  'forward pass'))
     for name, wanted, available, what in needs:
         if wanted and not available:
             raise utils.UserError(f'--{name} needs {what}, which {algorithm} does not have; use it with an algorithm '
-                                  f'that has (e.g. fixmatch.py, {"flexmatch.py" if name == "darp" else "uda.py"}, '
-                                  f'pseudo_label.py)')
+                                  f'that has (e.g. fixmatch.py, {"flexmatch.py" if name in ("darp", "abc") else "uda.py"}'
+                                  f'{"" if name == "abc" else ", pseudo_label.py"})')
     darp_lib.check(s)
     if s.CADR and not s.CAP:
         raise utils.UserError('--CADR needs --CAP (its correction is weighted by the propensities); add --CAP')
