@@ -32,6 +32,12 @@ probability that an image of class k is labeled, w_i = (1/q_y_i) / mean_batch(1/
 --mnar_estimate=moment (Sportisse et al., ICML 2023) trains on the debiased risk
   (n_l/n) mean_l[H/phi_y] + wu (mean_u H - n_l/(n - n_l) mean_l[H (1 - phi_y)/phi_y]),  phi = q.
 
+Class-imbalanced add-ons (README, "Class-imbalanced add-ons"; the imbalanced protocol's targets
+<base>_IMB_<gamma>_U<M1>_<gamma_u>):
+  --darp   pseudo-labels and mask from the DARP-refined rows of the unlabeled set (libml/darp.py);
+  --abc    an auxiliary class-balanced head on the pooled features, used for evaluation (libml/abc_head.py).
+  python fixmatch.py --dataset=cifar10_IMB_100_U3000_100.1@1500-1 --uratio=2 --lr_schedule=constant --abc
+
 The ablations of the reference's ablation/ folder (ab_fixmatch_*.py), as flags:
   --sharpen=mask --T=t     hard label, mask on max softmax(weak / t) >= tau (ab_fixmatch_sharpen)
   --sharpen=target --T=t   soft target softmax(weak / t), mask on max p_w >= tau (a tau <= 1/K such

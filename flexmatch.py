@@ -11,7 +11,8 @@ max(sigma_-1, sigma_0, ..) with threshold warm-up (--warmup, default) or sigma_c
 without. With p_w = stop_gradient(softmax(model(weak(u)))) and the threshold of class c
   T_c = tau * M(beta_c),  M(x) = x / (2 - x)  (the convex mapping),
   L = mean_l H(y, x) + wu * mean_u[1(max p_w >= T_{argmax p_w}) H(argmax p_w, model(strong(u)))].
-Label-bias add-ons as FixMatch: --CAI multiplies T_c by its class-aware factor; --CAP, --CADR, --debiased.
+Label-bias add-ons as FixMatch: --CAI multiplies T_c by its class-aware factor; --CAP, --CADR, --debiased;
+--darp (pseudo-label and mask from the refined rows; beta still counts the model's own p), --abc.
 """
 import os
 import sys

@@ -149,7 +149,7 @@ class Darp:
     def pseudo_probs(self, index, probs, step):
         """Stores the batch's p (N, K) (every replica's rows), refines when due, and returns the rows to
         pseudo-label this replica's batch with: p before the warm-up, the refined rows after."""
-        probs = tf.stop_gradient(probs)
+        probs = tf.cast(tf.stop_gradient(probs), tf.float32)
         ctx = tf.distribute.get_replica_context()
         all_index, all_probs = ctx.all_gather(tf.cast(index, tf.int64), 0), ctx.all_gather(probs, 0)
         self.pseudo_orig.assign(scatter_rows(self.pseudo_orig, all_index, all_probs))

@@ -133,7 +133,7 @@ class LabelBias:
         with --darp the log of their DARP rows (libml/darp.py; the state is updated)."""
         if self.darp is None:
             return logits
-        return tf.math.log(self.darp.pseudo_probs(index, tf.nn.softmax(logits), step))
+        return tf.cast(tf.math.log(self.darp.pseudo_probs(index, tf.nn.softmax(logits), step)), logits.dtype)
 
     def update(self, logits: tf.Tensor) -> None:
         """p_hat <- 0.99 p_hat + 0.01 mean softmax(logits), the mean over the global batch (all replicas).
