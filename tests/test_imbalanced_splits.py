@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from libml import data
 from libml import splits
 from libml import targets
 from libml import utils
@@ -62,6 +63,10 @@ def test_ensure_files_creates_disjoint_imbalanced_sets(tmp_path, ugamma, expecte
     assert np.bincount(labels[labeled['indexes']], minlength=10).tolist() == TOY_LABELED
     assert not set(labeled['indexes']) & set(unlabeled['indexes'])  # disjoint
     assert labeled['args']['disjoint'] and unlabeled['args']['size'] == 20
+    # what training reads: the labeled split, the unlabeled set less the validation image, none of them shared
+    loaded = data.load(str(name), root=root)
+    assert len(loaded.labeled) == sum(TOY_LABELED) and len(loaded.unlabeled) + len(loaded.valid) == sum(expected)
+    assert np.bincount(loaded.labeled.labels, minlength=10).tolist() == TOY_LABELED
 
 
 def test_scripts_take_the_protocol_flags(tmp_path):
