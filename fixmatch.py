@@ -32,6 +32,12 @@ probability that an image of class k is labeled, w_i = (1/q_y_i) / mean_batch(1/
 --mnar_estimate=moment (Sportisse et al., ICML 2023) trains on the debiased risk
   (n_l/n) mean_l[H/phi_y] + wu (mean_u H - n_l/(n - n_l) mean_l[H (1 - phi_y)/phi_y]),  phi = q.
 
+Class-imbalanced add-ons (README, "Class-imbalanced add-ons"; the imbalanced protocol's targets
+<base>_IMB_<gamma>_U<M1>_<gamma_u>):
+  --darp   pseudo-labels and mask from the DARP-refined rows of the unlabeled set (libml/darp.py);
+  --abc    an auxiliary class-balanced head on the pooled features, used for evaluation (libml/abc_head.py).
+  python fixmatch.py --dataset=cifar10_IMB_100_U3000_100.1@1500-1 --uratio=2 --lr_schedule=constant --abc
+
 The ablations of the reference's ablation/ folder (ab_fixmatch_*.py), as flags:
   --sharpen=mask --T=t     hard label, mask on max softmax(weak / t) >= tau (ab_fixmatch_sharpen)
   --sharpen=target --T=t   soft target softmax(weak / t), mask on max p_w >= tau (a tau <= 1/K such
@@ -93,13 +99,16 @@ class FixMatch(train.Algorithm):
         lr_end=Param(0.0, 'Learning rate at the end of --lr_schedule=linear: lr + (lr_end - lr) t/T '
                      '(ab_fixmatch_linearlr: 0.02).', check=at_least(0)),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True, abc=True)
 
     def __init__(self, trainer):
         super().__init__(trainer)
         s = self.settings
         if s.lr_end and s.lr_schedule != 'linear':
             raise utils.UserError(f'--lr_end={s.lr_end:g} is the end of the linear schedule; add --lr_schedule=linear')
+        if s.abc and s.teacher != 'model':
+            raise utils.UserError(f'--abc trains its head on the weak views of the trained pass, which --teacher='
+                                  f'{s.teacher} leaves out; use --teacher=model')
         if s.nstrong < 1:
             raise utils.UserError(f'--nstrong={s.nstrong}: at least one strong view is needed; use --nstrong=1 or more')
 
@@ -125,7 +134,7 @@ class FixMatch(train.Algorithm):
         s = self.settings
         x_strong, u_strong = self.strong_names(keys.X_STRONG), self.strong_names(keys.U_STRONG)
         weak = [keys.U_WEAK] if s.teacher == 'model' else []  # an EMA teacher labels the weak views itself
-        logits = self.forward_views(batch, keys.X, *x_strong, *weak, *u_strong)
+        logits, features = self.forward_views(batch, keys.X, *x_strong, *weak, *u_strong, features=True)
         teacher_x = logits[keys.X]
         if s.teacher != 'model':
             training = s.teacher == 'ema_train'
@@ -138,11 +147,13 @@ class FixMatch(train.Algorithm):
         if s.sup_strong:
             xe = (xe + losses.cross_entropy(batch[keys.LABEL], logits[keys.X_STRONG])) / 2
         xe = self.bias.labeled(xe, batch[keys.LABEL])
-        h_unlabeled, mask = self.unlabeled_term(logits[keys.U_WEAK], [logits[name] for name in u_strong], thresholds)
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        h_unlabeled, mask = self.unlabeled_term(weak, [logits[name] for name in u_strong], thresholds)
         h_labeled = self.unlabeled_term(teacher_x, [logits[name] for name in x_strong], thresholds)[0] \
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, batch[keys.LABEL])
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask)}
+        balanced, logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
+        return xe + unlabeled + balanced, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), **logs}
 
 
 if __name__ == '__main__':

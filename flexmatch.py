@@ -11,7 +11,8 @@ max(sigma_-1, sigma_0, ..) with threshold warm-up (--warmup, default) or sigma_c
 without. With p_w = stop_gradient(softmax(model(weak(u)))) and the threshold of class c
   T_c = tau * M(beta_c),  M(x) = x / (2 - x)  (the convex mapping),
   L = mean_l H(y, x) + wu * mean_u[1(max p_w >= T_{argmax p_w}) H(argmax p_w, model(strong(u)))].
-Label-bias add-ons as FixMatch: --CAI multiplies T_c by its class-aware factor; --CAP, --CADR, --debiased.
+Label-bias add-ons as FixMatch: --CAI multiplies T_c by its class-aware factor; --CAP, --CADR, --debiased;
+--darp (pseudo-label and mask from the refined rows; beta still counts the model's own p), --abc.
 """
 import os
 import sys
@@ -60,7 +61,7 @@ class FlexMatch(train.Algorithm):
         warmup=Param(True, 'Threshold warm-up: the never-selected images count in the normalisation of beta.'),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True, abc=True)
 
     def build(self):
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
@@ -81,18 +82,20 @@ class FlexMatch(train.Algorithm):
         self.beta.assign(learning_effect(self.selected, self.beta, self.nclass, self.settings.warmup))
 
     def loss(self, batch, step):
-        logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
+        logits, features = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG, features=True)
         self.bias.update(logits[keys.U_WEAK])
         thresholds = self.bias.thresholds(self.settings.confidence) * self.beta / (2 - self.beta)  # tau M(beta)
         labels = batch[keys.LABEL]
         xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        h_unlabeled, mask = losses.pseudo_label_term(logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds)
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        h_unlabeled, mask = losses.pseudo_label_term(weak, logits[keys.U_STRONG], thresholds)
         h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
             if self.bias.needs_labeled_term else None
         unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
         self.update(batch[keys.U_INDEX], tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])))
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
-                                'monitors/selected': tf.reduce_mean(tf.cast(self.selected >= 0, tf.float32))}
+        balanced, logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
+        return xe + unlabeled + balanced, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), **logs,
+                                           'monitors/selected': tf.reduce_mean(tf.cast(self.selected >= 0, tf.float32))}
 
 
 if __name__ == '__main__':

@@ -46,7 +46,7 @@ class PseudoLabel(train.Algorithm):
                         check=in_range(0, 1, low_open=True)),
         joint_bn=cm.JOINT_BN,
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
 
     def views(self):
         return {keys.X: 'd'}, {keys.U_WEAK: 'd'}
@@ -58,7 +58,8 @@ class PseudoLabel(train.Algorithm):
         self.bias.update(logits_u)
         thresholds = self.bias.thresholds(s.threshold)
         xe = cm.supervised_xe(self, batch, logits_x)
-        h_unlabeled, mask = losses.pseudo_label_term(logits_u, logits_u, thresholds)
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits_u, step)  # --darp: refined rows
+        h_unlabeled, mask = losses.pseudo_label_term(weak, logits_u, thresholds)
         h_labeled = losses.pseudo_label_term(logits_x, logits_x, thresholds)[0] if self.bias.needs_labeled_term \
             else None
         unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)

@@ -59,7 +59,7 @@ class UDA(train.Algorithm):
         we=Param(0.0, 'Weight of the entropy of the weak-view prediction (entropy minimisation).', check=at_least(0)),
         augment=views.augment_param('d.d.rac', 'Augmentation L.W.S of the labeled, weak and strong views'),
     )
-    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True)
+    label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
 
     def views(self):
         return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
@@ -70,7 +70,8 @@ class UDA(train.Algorithm):
         self.bias.update(logits[keys.U_WEAK])
         thresholds = self.bias.thresholds(s.confidence)
         xe = self.bias.labeled(losses.cross_entropy(batch[keys.LABEL], logits[keys.X]), batch[keys.LABEL])
-        h_u, mask = uda_term(logits[keys.U_WEAK], logits[keys.U_STRONG], s.T, thresholds)
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        h_u, mask = uda_term(weak, logits[keys.U_STRONG], s.T, thresholds)
         labeled_too = self.bias.needs_labeled_term
         h_x = uda_term(logits[keys.X], logits[keys.X_STRONG], s.T, thresholds)[0] if labeled_too else None
         unlabeled, kl = self.bias.unlabeled(h_u, h_x, batch[keys.LABEL])

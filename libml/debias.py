@@ -22,6 +22,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from libml import abc_head
+from libml import darp as darp_lib
 from libml import utils
 from libml.settings import Param, at_least
 
@@ -41,6 +43,8 @@ PARAMS = dict(
     cai_beta=Param(0.5, 'Exponent beta of the CAI thresholds.', check=at_least(0)),
     CADR=Param(False, 'CADR doubly robust correction: subtract the CAP-weighted imputed term of the labeled batch '
                '(needs --CAP).'),
+    **darp_lib.PARAMS,
+    **abc_head.PARAMS,
 )
 
 
@@ -51,6 +55,8 @@ class Support:
     threshold: bool = False
     labeled_term: bool = False
     unlabeled_term: bool = False
+    darp: bool = False  # hard pseudo-labels and a confidence mask from the weak view's p, which DARP may replace
+    abc: bool = False   # a labeled view and weak and strong unlabeled views in one pass, whose features ABC takes
 
 
 def check(settings, support: Support, algorithm: str) -> None:
@@ -63,10 +69,16 @@ def check(settings, support: Support, algorithm: str) -> None:
              ('debiased', s.debiased, support.unlabeled_term, 'a per-image unlabeled term'),
              ('mnar_estimate', s.mnar_estimate != 'none', support.labeled_term and support.unlabeled_term,
               'a plain labeled cross-entropy and a per-image unlabeled term')]
+    needs.append(('darp', s.get('darp'), support.darp, 'pseudo-labels of a confidence threshold taken from the '
+                  'weak view\'s prediction'))
+    needs.append(('abc', s.get('abc'), support.abc, 'a labeled view and weak and strong unlabeled views in one '
+                  'forward pass'))
     for name, wanted, available, what in needs:
         if wanted and not available:
             raise utils.UserError(f'--{name} needs {what}, which {algorithm} does not have; use it with an algorithm '
-                                  f'that has (e.g. fixmatch.py, uda.py, pseudo_label.py)')
+                                  f'that has (e.g. fixmatch.py, {"flexmatch.py" if name in ("darp", "abc") else "uda.py"}'
+                                  f'{"" if name == "abc" else ", pseudo_label.py"})')
+    darp_lib.check(s)
     if s.CADR and not s.CAP:
         raise utils.UserError('--CADR needs --CAP (its correction is weighted by the propensities); add --CAP')
     if s.CADR and (s.debiased or s.mnar_estimate != 'none'):
@@ -79,13 +91,18 @@ class LabelBias:
     """The corrections of one run. `build()` (inside the strategy scope) creates p_hat when a
     correction needs it; the algorithm calls `update` with its weak-view unlabeled logits first."""
 
-    def __init__(self, settings, labeled_labels: np.ndarray, n_total: int, nclass: int):
+    def __init__(self, settings, labeled_labels: np.ndarray, n_total: int, nclass: int, n_unlabeled: int = 0,
+                 kimg_to_steps=None):
         self.settings = settings
         self.nclass = nclass
         self.labeled_counts = np.bincount(np.asarray(labeled_labels, np.int64), minlength=nclass)[:nclass]
         self.n_labeled = float(len(labeled_labels))
         self.n_total = float(n_total)
         self.p_hat = None
+        self.darp = None
+        if settings.get('darp'):
+            self.darp = darp_lib.Darp(settings, self.labeled_counts, n_unlabeled, nclass,
+                                      darp_lib.warmup_steps(settings, kimg_to_steps))
 
     @property
     def mnar(self) -> bool:
@@ -103,12 +120,20 @@ class LabelBias:
         return bool(self.settings.get('debiased') or self.settings.get('CADR') or self.mnar)
 
     def build(self) -> dict:
-        """Creates p_hat when tracked; returns the trackables to checkpoint."""
+        """Creates p_hat when tracked and the DARP state; returns the trackables to checkpoint."""
+        state = self.darp.build() if self.darp else {}
         if not self.tracks:
-            return {}
+            return state
         self.p_hat = tf.Variable(tf.fill([self.nclass], 1.0 / self.nclass), trainable=False, name='p_hat',
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        return {'p_hat': self.p_hat}
+        return {'p_hat': self.p_hat, **state}
+
+    def pseudo_logits(self, index: tf.Tensor, logits: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        """The weak-view logits to pseudo-label the unlabeled images at positions `index` with: `logits`, or
+        with --darp the log of their DARP rows (libml/darp.py; the state is updated)."""
+        if self.darp is None:
+            return logits
+        return tf.cast(tf.math.log(self.darp.pseudo_probs(index, tf.nn.softmax(logits), step)), logits.dtype)
 
     def update(self, logits: tf.Tensor) -> None:
         """p_hat <- 0.99 p_hat + 0.01 mean softmax(logits), the mean over the global batch (all replicas).

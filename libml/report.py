@@ -49,6 +49,10 @@ class Reporter:
         model = trainer.model
         self.predict_raw = tf.function(lambda x: model(x, training=False))
         self.predict_ema = tf.function(trainer.classify_ema)
+        if getattr(trainer, 'abc', None) is not None:  # --abc: the auxiliary head's logits
+            averages = {id(v): a for v, a in zip(trainer.trainable, trainer.ema.averages)} if trainer.ema else None
+            self.predict_raw = tf.function(lambda x: trainer.abc.classify(x))
+            self.predict_ema = tf.function(lambda x: trainer.abc.classify(x, averages))
 
     def logits(self, split: str, ema: bool):
         predict = self.predict_ema if ema and self.trainer.ema else self.predict_raw

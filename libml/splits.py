@@ -13,11 +13,15 @@ Labeled split: class k gives the first n_k of class_id[k], where n_k is, per pro
                         the class frequencies on imbalanced data such as SVHN);
   CADR long tail:       ceil(size * lamda^(-k/(K-1)))          (size = head count N_max);
   imbalanced (gamma):   floor(size * gamma^(-k/(K-1)))         (head N_1 = size, tail N_1/gamma);
+                        with `disjoint`, class_id[k] first loses the records of the target's unlabeled set
+                        (the imbalanced SSL protocol: unlabeled set without the labeled images);
 except for
   official folds:       STL-10 with size = the fold size (1000): the labeled set is fold `seed` (0-based line
                         of the archive's fold_indices.txt);
   self-masked MNAR:     record i of class y is labeled iff u_i < phi_y, u = default_rng(seed).random(N).
-Unlabeled file (`unlabeled_order`): the original's per-class queues, see there.
+Unlabeled file (`unlabeled_order`): the original's per-class queues, see there. A long-tailed unlabeled set
+(gamma_u, head count M_1 = size, or the largest class) keeps the first floor(M_1 |gamma_u|^(-k/(K-1))) of
+class_id[k] (gamma_u < 0: in reverse class order, class K-1 is the head).
 """
 import math
 import os
@@ -129,11 +133,12 @@ def unlabeled_order(labels: np.ndarray, nclass: int) -> np.ndarray:
     return order
 
 
-def tail_profile(sizes: np.ndarray, gamma: float, inverse: bool) -> np.ndarray:
+def tail_profile(sizes: np.ndarray, gamma: float, inverse: bool, head: int = 0) -> np.ndarray:
     """Per-class counts of a long-tailed set cut from class pools `sizes` (head = class 0,
-    or class K-1 when inverse), n_k = floor(N_head * gamma^(-r/(K-1))), r the rank from the head."""
+    or class K-1 when inverse), n_k = floor(N_head * gamma^(-r/(K-1))), r the rank from the head;
+    N_head = `head`, or the largest pool when 0."""
     nclass = len(sizes)
-    counts = imbalanced_counts(int(sizes.max()), gamma, nclass)
+    counts = imbalanced_counts(int(head or sizes.max()), gamma, nclass)
     return counts[::-1].copy() if inverse else counts
 
 
@@ -149,9 +154,16 @@ def parse_class_probs(text: str, nclass: int) -> np.ndarray:
 
 
 def choose_labeled(labels: np.ndarray, nclass: int, seed: int, size: int, lamda: float = 0.0,
-                   gamma: float = 0.0) -> np.ndarray:
-    """Positions (sorted, int64) of a labeled split by the class rule: class k gives the first n_k of class_id[k]."""
-    return take_first(class_positions(labels, nclass, seed), labeled_counts(labels, nclass, size, lamda, gamma))
+                   gamma: float = 0.0, excluded=None) -> np.ndarray:
+    """Positions (sorted, int64) of a labeled split by the class rule: class k gives the first n_k of class_id[k]
+    (without the `excluded` positions)."""
+    positions = class_positions(labels, nclass, seed)
+    counts = labeled_counts(labels, nclass, size, lamda, gamma)
+    if excluded is not None:
+        positions = [pool[~np.isin(pool, excluded)] for pool in positions]
+        check_counts(counts, np.array([len(pool) for pool in positions]), 'the labeled split (without the '
+                     'unlabeled set\'s images)')
+    return take_first(positions, counts)
 
 
 def labeled_counts(labels: np.ndarray, nclass: int, size: int, lamda: float = 0.0, gamma: float = 0.0) -> np.ndarray:
@@ -229,22 +241,28 @@ def split_paths(target: str, seed: int, size: int) -> tuple:
     return f'{stem}.tfrecord', f'{stem}.json'
 
 
-def create_unlabeled(target: str, files: list, gamma: float = 0.0, inverse: bool = False, seed: int = 0) -> dict:
+def create_unlabeled(target: str, files: list, gamma: float = 0.0, inverse: bool = False, seed: int = 0,
+                     size: int = 0) -> dict:
     """Writes `<target>-unlabel.tfrecord` + `.json` from the training record files.
 
-    All records by default (labeled ones included), or a long-tailed subset (ratio gamma, head class 0, or
-    class K-1 with `inverse`): class k keeps the first n_k of its class_id list (shuffled by `seed`) and every
-    record without a label is kept. Written in `unlabeled_order`. Returns the JSON dict.
+    All records by default (labeled ones included), or a long-tailed subset (ratio |gamma|, head class 0, or
+    class K-1 with `inverse` or a negative gamma; head count `size`, or the largest class when 0): class k keeps
+    the first n_k of its class_id list (shuffled by `seed`) and every record without a label is kept. Written in
+    `unlabeled_order`. Returns the JSON dict.
     """
-    if inverse and not gamma:
-        raise utils.UserError('--inverse needs --gamma (the imbalance ratio of the inverse long tail)')
+    if (inverse or size) and not gamma:
+        raise utils.UserError(f'--{"inverse" if inverse else "size"} needs --gamma (the imbalance ratio of the long-'
+                              f'tailed unlabeled set; --gamma=1: size images of every class)')
+    if size < 0:
+        raise utils.UserError(f'--size={size} must be a positive head-class count (0 = the largest class)')
     serialized, labels, nclass, base, _ = read_sources(files)
     keep = np.arange(len(labels))
     if gamma:
-        if gamma < 1:
-            raise utils.UserError(f'--gamma={gamma} must be >= 1 (head count / tail count)')
+        if abs(gamma) < 1:
+            raise utils.UserError(f'--gamma={gamma} must be >= 1 (head count / tail count), or <= -1 for the '
+                                  f'reverse class order')
         sizes = class_sizes(labels, nclass)
-        counts = tail_profile(sizes, gamma, inverse)
+        counts = tail_profile(sizes, abs(gamma), inverse or gamma < 0, size)
         check_counts(counts, sizes, 'the long-tailed unlabeled set')
         chosen = take_first(class_positions(labels, nclass, seed), counts)
         keep = np.sort(np.concatenate([chosen, np.flatnonzero(labels < 0)]))
@@ -252,11 +270,24 @@ def create_unlabeled(target: str, files: list, gamma: float = 0.0, inverse: bool
     meta = dict(base=base, sources=[os.path.basename(f) for f in files], nclass=nclass, split_rule=SPLIT_RULE,
                 distribution=class_sizes(labels[order], nclass).tolist(),
                 unlabeled_images=int(np.sum(labels[order] < 0)), indexes=order.tolist(),
-                args=dict(gamma=gamma, inverse=bool(inverse), seed=seed))
+                args=dict(gamma=gamma, inverse=bool(inverse), seed=seed, size=size))
     record_path, json_path = unlabeled_paths(target)
     records.write_serialized(record_path, [serialized[i] for i in order])
     utils.write_json(json_path, meta)
     return meta
+
+
+def unlabeled_positions(target: str, files: list) -> np.ndarray:
+    """The source positions (int64) of the records of `target`'s unlabeled set, made from the same `files`."""
+    json_path = unlabeled_paths(target)[1]
+    if not os.path.exists(json_path):
+        raise utils.UserError(f'--disjoint excludes the images of {json_path}, which does not exist; create it first '
+                              f'with {utils.script("create_unlabeled.py")}')
+    meta = utils.read_json(json_path, 'unlabeled-set description')
+    if meta.get('sources') != [os.path.basename(f) for f in files]:
+        raise utils.UserError(f'{json_path} was made from {meta.get("sources")}, not from the files given here; '
+                              f'give the same record files')
+    return np.asarray(meta['indexes'], np.int64)
 
 
 def official_fold(info, base: str, files: list, labels: np.ndarray, seed: int, size: int):
@@ -284,17 +315,22 @@ def official_fold(info, base: str, files: list, labels: np.ndarray, seed: int, s
 
 
 def create_split(target: str, files: list, seed: int, size: int = 0, lamda: float = 0.0, gamma: float = 0.0,
-                 class_probs=None) -> tuple:
+                 class_probs=None, disjoint: bool = False) -> tuple:
     """Writes `<target>.<seed>@<size>-label.tfrecord` (chosen records in record order) + `.json`;
     returns (size, JSON dict).
 
     With `class_probs` (self-masked MNAR) the size is the number of images drawn; a nonzero `size` must
     equal it. The JSON holds the per-class counts, the chosen positions (sorted) and the per-class
-    labeling probabilities phi_k = n_k / N_k (or the given class_probs).
+    labeling probabilities phi_k = n_k / N_k (or the given class_probs). `disjoint`: the images of
+    `target`'s unlabeled set are left out (each class list loses them before the first n_k are taken).
     """
     serialized, labels, nclass, base, info = read_sources(files)
     sizes = class_sizes(labels, nclass)
     fold = None
+    excluded = unlabeled_positions(target, files) if disjoint else None
+    if disjoint and (class_probs is not None or not (lamda or gamma)):
+        raise utils.UserError('--disjoint takes the labels per class by --lamda or --gamma; give one of them '
+                              '(and no --class_probs)')
     if class_probs is not None:
         if lamda or gamma:
             raise utils.UserError('--class_probs draws the labeled images at random: give no --lamda or --gamma '
@@ -314,13 +350,13 @@ def create_split(target: str, files: list, seed: int, size: int = 0, lamda: floa
         if chosen is not None:
             fold = seed
         else:
-            chosen = choose_labeled(labels, nclass, seed, size, lamda, gamma)
+            chosen = choose_labeled(labels, nclass, seed, size, lamda, gamma, excluded)
         label_probs = (class_sizes(labels[chosen], nclass) / np.maximum(sizes, 1)).tolist()
     if not len(chosen):
         raise utils.UserError('the labeled split would be empty; raise --class_probs')
     meta = dict(base=base, sources=[os.path.basename(f) for f in files], nclass=nclass, split_rule=SPLIT_RULE,
                 distribution=class_sizes(labels[chosen], nclass).tolist(), label_probs=label_probs, fold=fold,
-                indexes=chosen.tolist(), args=dict(seed=seed, size=size, lamda=lamda, gamma=gamma,
+                indexes=chosen.tolist(), args=dict(seed=seed, size=size, lamda=lamda, gamma=gamma, disjoint=disjoint,
                                                    class_probs=None if class_probs is None else label_probs))
     record_path, json_path = split_paths(target, seed, size)
     records.write_serialized(record_path, [serialized[i] for i in chosen])

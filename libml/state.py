@@ -108,11 +108,17 @@ def classify(model: keras.Model, ema: 'EMA | None', images: tf.Tensor, training:
 def load_ema_model(run_dir: str):
     """(settings dict, DatasetInfo, Keras model holding the EMA weights, checkpoint prefix) of the run's
     newest readable checkpoint (found by its index file, every tensor read first, as a resume does: an
-    unreadable one is skipped with a warning). The raw weights are used when the run has no EMA (--ema=0)."""
+    unreadable one is skipped with a warning). The raw weights are used when the run has no EMA (--ema=0). A run
+    with --abc gives the model whose output is its auxiliary head's logits (libml/abc_head.py)."""
     saved = utils.read_json(os.path.join(run_dir, 'args.json'), 'run settings (args.json of a run directory)')
     info = records.DatasetInfo.load(targets.recipe_for(targets.parse_name(saved['dataset']).target).base)
     model = create_model(dict(saved, sync_bn=False, fused_bn=False), info)  # plain Keras layers: exportable
-    ema = EMA(model.trainable_variables, saved['ema']) if saved['ema'] else None
+    head = None
+    if saved.get('abc'):  # --abc: the auxiliary head classifies (libml/abc_head.py)
+        from libml import abc_head
+        head = abc_head.make_head(info.nclass, model.get_layer('pool').output.shape[-1])
+    trained = model.trainable_variables + (head.trainable_variables if head else [])
+    ema = EMA(trained, saved['ema']) if saved['ema'] else None
     tf_dir = os.path.join(run_dir, 'tf')
     found = checkpoints.find(tf_dir)
     if not found:
@@ -122,11 +128,15 @@ def load_ema_model(run_dir: str):
         logging.warning(f'skipping checkpoint {prefix}: cannot read it ({checkpoints.reason(error)})')
 
     for _, prefix in checkpoints.readable(found, unreadable):
-        checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}))
+        checkpoint = tf.train.Checkpoint(model=model, **({'ema': ema} if ema else {}),
+                                         **({'algorithm': {'abc_head': head}} if head else {}))
         checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
         if ema:
-            for variable, average in zip(model.trainable_variables, ema.averages):
+            for variable, average in zip(trained, ema.averages):
                 variable.assign(average)
+        if head:
+            from libml import abc_head
+            return saved, info, abc_head.with_head(model, head), prefix
         return saved, info, model, prefix
     raise utils.UserError(f'no readable checkpoint in {tf_dir} (all {len(found)} are damaged); train the run '
                           f'again (its command is in args.json)')

@@ -12,6 +12,9 @@ records are on disk, or converted offline, e.g. fashion_mnist):
   <base>_LT_<lamda>   CADR: labels ceil(size*lamda^(-k/(K-1))) (size = head count), unlabeled balanced;
   <base>_IMB_<gamma>  labels floor(size*gamma^(-k/(K-1))) and a long-tailed unlabeled set, ratio gamma;
   <base>_INV_<gamma>  the same labels, unlabeled long tail in reverse class order.
+  <base>_IMB_<gamma>_U<M1>_<gamma_u>   the imbalanced SSL protocol (USB): labels floor(size*gamma^(-k/(K-1)))
+          (size = N1), unlabeled floor(M1*|gamma_u|^(-k/(K-1))), reversed for gamma_u < 0, the labeled
+          images left out of the unlabeled set, e.g. cifar10_IMB_100_U3000_-100.1@1500-1.
 Any other target (e.g. MNAR splits) is made by hand with scripts/create_split.py.
 """
 import dataclasses
@@ -25,7 +28,20 @@ from libml import splits
 from libml import utils
 
 NAME_RE = re.compile(r'^(?P<target>[A-Za-z0-9][A-Za-z0-9_\-]*?)\.(?P<seed>\d+)@(?P<size>\d+)(?:-(?P<valid>\d+))?$')
-RECIPE_RE = re.compile(r'^(?P<base>.+?)_(?P<kind>LT|IMB|INV)_(?P<ratio>\d+(?:\.\d+)?)$')
+RECIPE_RE = re.compile(r'^(?P<base>.+?)_(?P<kind>LT|IMB|INV)_(?P<ratio>\d+(?:\.\d+)?)'
+                       r'(?:_U(?P<usize>\d+)_(?P<uratio>-?\d+(?:\.\d+)?))?$')
+
+
+def number(value: float) -> str:
+    """100.0 -> '100', 1.5 -> '1.5' (the ratios as target names write them)."""
+    return f'{value:g}'
+
+
+def imbalanced_target(base: str, gamma: float, usize: int, ugamma: float) -> str:
+    """The target of the imbalanced SSL protocol: labels with ratio gamma (head count = the name's size),
+    unlabeled head count usize with ratio ugamma (negative: reverse class order), disjoint."""
+    return f'{base}_IMB_{number(gamma)}_U{int(usize)}_{number(ugamma)}'
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitName:
@@ -83,10 +99,15 @@ def recipe_for(target, root=None):
     from libml import registry
     meta_path = splits.unlabeled_paths(os.path.join(ssl2(root), target))[1]
     match = RECIPE_RE.match(target)
+    if match and match['usize'] and match['kind'] != 'IMB':
+        match = None  # _U<M1>_<gamma_u> belongs to _IMB_ targets only
     if match and (match['base'] in registry.BUILTIN or os.path.exists(records.DatasetInfo.path(match['base'], root))):
         ratio = float(match['ratio'])
         if match['kind'] == 'LT':
             return Recipe(match['base'], {}, dict(lamda=ratio))
+        if match['usize']:
+            return Recipe(match['base'], dict(size=int(match['usize']), gamma=float(match['uratio'])),
+                          dict(gamma=ratio, disjoint=True))
         return Recipe(match['base'], dict(gamma=ratio, inverse=match['kind'] == 'INV'), dict(gamma=ratio))
     if target in registry.BUILTIN or os.path.exists(records.DatasetInfo.path(target, root)):
         return Recipe(target, {}, {})
@@ -94,7 +115,8 @@ def recipe_for(target, root=None):
         meta = utils.read_json(meta_path, 'unlabeled-set description')
         return Recipe(meta['base'], {}, {}, known=False)
     raise utils.UserError(f'unknown dataset {target!r}; known: {", ".join(known_targets(root))} (plus '
-                          f'<name>_LT_<lamda>, <name>_IMB_<gamma>, <name>_INV_<gamma>); convert your own with '
+                          f'<name>_LT_<lamda>, <name>_IMB_<gamma>, <name>_INV_<gamma>, '
+                          f'<name>_IMB_<gamma>_U<M1>_<gamma_u>); convert your own with '
                           f'scripts/create_datasets.py --name=NAME --from_dir=DIR')
 
 

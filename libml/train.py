@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 
 import cta
+from libml import abc_head
 from libml import checkpoints
 from libml import data
 from libml import debias
@@ -114,23 +115,41 @@ class Algorithm:
         """Extra TensorBoard scalars written at every evaluation."""
         return self.bias.report_scalars(self.trainer.data.label_meta.get('label_probs'))
 
-    def forward(self, *parts, training: bool = True, update_bn: bool = True):
+    def forward(self, *parts, training: bool = True, update_bn: bool = True, features: bool = False):
         """Logits of several image batches through ONE forward pass (shared batch-norm statistics).
 
-        update_bn=False runs in training mode without updating the batch-norm moving statistics."""
+        update_bn=False runs in training mode without updating the batch-norm moving statistics.
+        features=True (with --abc; training, update_bn): also the pooled features, (logits list, features list)."""
         images = tf.concat(parts, 0)
+        sizes = [tf.shape(p)[0] for p in parts]
+        if features and getattr(self.trainer, 'abc', None) is not None:
+            logits, pooled = self.trainer.abc.features_model(images, training=training)
+            return tf.split(logits, sizes, 0), tf.split(pooled, sizes, 0)
         if update_bn or not training:
             logits = self.trainer.model(images, training=training)
         else:
             model = self.trainer.model
             logits = model.stateless_call(model.trainable_variables, model.non_trainable_variables, images,
                                           training=True)[0]
-        return tf.split(logits, [tf.shape(p)[0] for p in parts], 0)
+        logits = tf.split(logits, sizes, 0)
+        return (logits, [None] * len(parts)) if features else logits
 
-    def forward_views(self, batch: dict, *names: str, **kwargs) -> dict:
-        """{name: logits} of the named views present in `batch`, through ONE forward pass."""
+    def forward_views(self, batch: dict, *names: str, features: bool = False, **kwargs):
+        """{name: logits} of the named views present in `batch`, through ONE forward pass; features=True:
+        ({name: logits}, {name: pooled features (None without --abc)})."""
         present = [name for name in names if name in batch]
-        return dict(zip(present, self.forward(*(batch[name] for name in present), **kwargs)))
+        out = self.forward(*(batch[name] for name in present), features=features, **kwargs)
+        if features:
+            return dict(zip(present, out[0])), dict(zip(present, out[1]))
+        return dict(zip(present, out))
+
+    def balanced_head_loss(self, features: dict, batch: dict, step):
+        """--abc: (the ABC head's loss, its logs) on the pooled features of the labeled (keys.X), weak and
+        first strong unlabeled views (libml/abc_head.py); (0, {}) without."""
+        if getattr(self.trainer, 'abc', None) is None:
+            return 0., {}
+        return self.trainer.abc.loss(features[keys.X], batch[keys.LABEL], features[keys.U_WEAK],
+                                     features[keys.U_STRONG], step)
 
     def forward_ema(self, images, training: bool = False):
         """Logits of the EMA weights (a teacher), without updating any statistics."""
@@ -193,10 +212,13 @@ class Trainer:
             self.bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='bad_step',
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.bias = debias.LabelBias(settings, self.data.labeled.labels,
-                                         len(self.data.unlabeled) + len(self.data.valid), self.data.nclass)
+                                         len(self.data.unlabeled) + len(self.data.valid), self.data.nclass,
+                                         n_unlabeled=len(self.data.unlabeled), kimg_to_steps=self.kimg_to_steps)
+            self.abc = abc_head.BalancedHead(settings, self.model, self.data.labeled.labels, self.data.nclass,
+                                             self.steps_total) if settings.get('abc') else None
             self.algorithm = algorithm_cls(self)
-            algorithm_state = {**self.bias.build(), **self.algorithm.build()}
-            extra = self.algorithm.extra_trainable_variables()
+            algorithm_state = {**self.bias.build(), **(self.abc.build() if self.abc else {}), **self.algorithm.build()}
+            extra = self.algorithm.extra_trainable_variables() + (self.abc.trainable_variables() if self.abc else [])
             self.trainable = self.model.trainable_variables + extra
             self.decay_variables += [v for v in extra if v.path.endswith('kernel')]
             self.optimizer = state_lib.make_optimizer(settings, self.learning_rate, self.trainable,

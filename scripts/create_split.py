@@ -11,6 +11,10 @@
   python scripts/create_split.py --seed=1 --size=20 --lamda=20 $ML_DATA/SSL2/cifar10_LT_20 $ML_DATA/cifar10-train.tfrecord
   # classic imbalanced SSL: head N_1=--size, tail N_1/gamma (pair with create_unlabeled.py --gamma)
   python scripts/create_split.py --seed=1 --size=1500 --gamma=100 $ML_DATA/SSL2/cifar10_IMB_100 $ML_DATA/cifar10-train.tfrecord
+  # imbalanced SSL protocol (USB): labels as above, without the images of the target's unlabeled set
+  # (made first by create_unlabeled.py --size=M1 --gamma=G_u)
+  python scripts/create_split.py --seed=1 --size=1500 --gamma=100 --disjoint $ML_DATA/SSL2/cifar10_IMB_100_U3000_-100 \
+      $ML_DATA/cifar10-train.tfrecord
   # self-masked MNAR: each image of class k labeled with probability phi_k; the size is drawn
   python scripts/create_split.py --seed=1 --class_probs=0.1,0.08,0.06,0.05,0.04,0.03,0.02,0.01,0.01,0.01 \
       $ML_DATA/SSL2/cifar10_MNAR $ML_DATA/cifar10-train.tfrecord
@@ -40,15 +44,17 @@ flags.DEFINE_integer('size', 0, 'Number of labels, or the head-class count with 
 flags.DEFINE_float('lamda', 0, 'CADR long tail: labeled imbalance ratio; class k gets ceil(size*lamda^(-k/(K-1))).')
 flags.DEFINE_float('gamma', 0, 'Imbalanced SSL: class k gets floor(size*gamma^(-k/(K-1))) labels.')
 flags.DEFINE_string('class_probs', None, 'Self-masked MNAR: comma-separated labeling probability of each class.')
+flags.DEFINE_bool('disjoint', False, 'With --lamda/--gamma: leave out the images of TARGET\'s unlabeled set '
+                  '(TARGET-unlabel.json, made first).')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) < 3:
-        raise utils.UserError('usage: create_split.py --seed=S --size=N [--lamda=L | --gamma=G | --class_probs=...] '
-                              'TARGET FILE.tfrecord [FILE ...]')
+        raise utils.UserError('usage: create_split.py --seed=S --size=N [--lamda=L | --gamma=G [--disjoint] | '
+                              '--class_probs=...] TARGET FILE.tfrecord [FILE ...]')
     size, meta = splits.create_split(argv[1], argv[2:], FLAGS.seed, FLAGS.size, FLAGS.lamda, FLAGS.gamma,
-                                     FLAGS.class_probs)
+                                     FLAGS.class_probs, FLAGS.disjoint)
     name = f'{os.path.basename(argv[1])}.{FLAGS.seed}@{size}'
     logging.info('Wrote %s: %d labels, per class %s', splits.split_paths(argv[1], FLAGS.seed, size)[0],
                  len(meta['indexes']), meta['distribution'])

@@ -6,6 +6,10 @@
   # long-tailed unlabeled set (imbalance ratio 100), or its inverse (head = last class):
   python scripts/create_unlabeled.py --gamma=100 $ML_DATA/SSL2/cifar10_IMB_100 $ML_DATA/cifar10-train.tfrecord
   python scripts/create_unlabeled.py --gamma=100 --inverse $ML_DATA/SSL2/cifar10_INV_100 $ML_DATA/cifar10-train.tfrecord
+  # imbalanced SSL protocol (USB): head count M_1 = --size, class c gets floor(M_1 |gamma_u|^(-c/(K-1)));
+  # a negative --gamma reverses the class order; pair with create_split.py --disjoint
+  python scripts/create_unlabeled.py --size=3000 --gamma=-100 $ML_DATA/SSL2/cifar10_IMB_100_U3000_-100 \
+      $ML_DATA/cifar10-train.tfrecord
 
 Holds ALL training records (labeled ones included) unless --gamma, in the order of the original
 FixMatch script: every prefix follows the class distribution (libml/splits.py, `unlabeled_order`).
@@ -26,7 +30,8 @@ from absl import logging  # noqa: E402
 from libml import splits  # noqa: E402
 
 flags.DEFINE_float('gamma', 0, 'Imbalance ratio of a long-tailed unlabeled set (head count / tail count); '
-                   '0 keeps every record.')
+                   'negative: the reverse class order (the last class is the head); 0 keeps every record.')
+flags.DEFINE_integer('size', 0, 'With --gamma: the head-class count M_1 (0 = the largest class of the records).')
 flags.DEFINE_bool('inverse', False, 'With --gamma: long tail in reverse class order (the last class is the head).')
 flags.DEFINE_integer('seed', 0, 'With --gamma: which images of a class are kept: the first ones of the class list '
                      'shuffled as create_split.py shuffles it (0 = no shuffle).')
@@ -35,8 +40,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     if len(argv) < 3:
-        raise utils.UserError('usage: create_unlabeled.py [--gamma=G [--inverse]] TARGET FILE.tfrecord [FILE ...]')
-    meta = splits.create_unlabeled(argv[1], argv[2:], gamma=FLAGS.gamma, inverse=FLAGS.inverse, seed=FLAGS.seed)
+        raise utils.UserError('usage: create_unlabeled.py [--gamma=G [--inverse] [--size=M1]] TARGET FILE.tfrecord '
+                              '[FILE ...]')
+    meta = splits.create_unlabeled(argv[1], argv[2:], gamma=FLAGS.gamma, inverse=FLAGS.inverse, seed=FLAGS.seed,
+                                     size=FLAGS.size)
     logging.info('Wrote %s-unlabel.tfrecord: %d records, per class %s', argv[1], len(meta['indexes']),
                  meta['distribution'])
 

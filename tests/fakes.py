@@ -15,7 +15,9 @@ def fake_trainer(cls, model=None, nclass=3, labeled_labels=(0, 1, 2), n_total=10
     labeled = types.SimpleNamespace(labels=np.asarray(labeled_labels, np.int64))
     data = types.SimpleNamespace(nclass=nclass, labeled=labeled, unlabeled=[0] * (n_total - 1), valid=[0],
                                  label_meta={'label_probs': label_probs})
-    bias = debias.LabelBias(settings, labeled.labels, n_total, nclass)
+    kimg_to_steps = lambda kimg: int(round(kimg * 1024 / settings.batch))  # noqa: E731
+    bias = debias.LabelBias(settings, labeled.labels, n_total, nclass, n_unlabeled=n_total - 1,
+                            kimg_to_steps=kimg_to_steps)
     bias.build()
     return types.SimpleNamespace(settings=settings, model=model, data=data, bias=bias, ema=None,
-                                 kimg_to_steps=lambda kimg: int(round(kimg * 1024 / settings.batch)))
+                                 kimg_to_steps=kimg_to_steps)

@@ -126,6 +126,10 @@ ALGORITHMS = {
     'adamatch': ('adamatch.AdaMatch', dict()),  # p_target, p_model
     'simmatch': ('simmatch.SimMatch', dict(start_kimg=0.0625)),  # memory bank, alignment queue, head
     'dash': ('dash.Dash', dict(warmup_kimg=0.125, gamma_kimg=0.0625)),  # rho_init from the warm-up (ends at 8)
+    # pseudo_orig, pseudo_refine: refinements at steps 4, 7, 10, 13 (around the stop at 10 and the resume from 8)
+    'darp': ('fixmatch.FixMatch', dict(darp=True, darp_warmup_kimg=0.0625, darp_every=3)),
+    'abc': ('fixmatch.FixMatch', dict(abc=True)),  # auxiliary head (EMA too), stateless Bernoulli draws
+    'flexmatch_abc_darp': ('flexmatch.FlexMatch', dict(abc=True, darp=True, darp_warmup_kimg=0.0625, darp_every=3)),
 }
 
 
