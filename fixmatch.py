@@ -77,8 +77,8 @@ class FixMatch(train.Algorithm):
         uratio=Param(7, 'Unlabeled images per labeled image in a step (mu).', check=at_least(1), local=3),
         confidence=Param(0.95, 'Confidence threshold tau of the pseudo-labels.', check=in_range(0, 1, low_open=True),
                          local=0.8),
-        train_kimg=COMMON['train_kimg'].with_local(96.),
-        report_kimg=COMMON['report_kimg'].with_local(4.),
+        train_kimg=COMMON['train_kimg'].with_local(192.),
+        report_kimg=COMMON['report_kimg'].with_local(8.),
         wu=Param(1.0, 'Weight of the unlabeled term (0 = complete-case baseline).', check=at_least(0)),
         augment=views.augment_param('d.d.cta', 'Augmentation L.W.S of the labeled, weak and strong views'),
         sup_strong=Param(False, 'DeFixMatch supervised term: mean of the cross-entropies of a weak and a strong '

@@ -115,8 +115,8 @@ def test_settings_local_defaults_names_and_errors():
     assert (paper.filters, paper.batch, paper.train_kimg, paper.lr, paper.augment) == (32, 64, 65536, 0.03, 'd.d.cta')
     local = settings_lib.resolve(params, dict(local=True, filters=8))
     assert (local.filters, local.repeat, local.batch, local.xla) == (8, 1, 32, False)
-    # FixMatch's own quick-start values under --local (README): mu 3, tau 0.8, 96 kimg, a report every 4 kimg
-    assert (local.uratio, local.confidence, local.train_kimg, local.report_kimg) == (3, 0.8, 96, 4)
+    # FixMatch's own quick-start values under --local (README): mu 3, tau 0.8, 192 kimg, a report every 8 kimg
+    assert (local.uratio, local.confidence, local.train_kimg, local.report_kimg) == (3, 0.8, 192, 8)
     assert (local.baseline, local.first_report_kimg, paper.baseline, paper.first_report_kimg) == (True, 1, False, 0)
     assert settings_lib.run_name('FixMatch', params, local) == 'FixMatch_local_filters8'
     assert settings_lib.run_name('FixMatch', params, settings_lib.resolve(params, dict(lr=0.05, wu=0))) == \
@@ -179,7 +179,7 @@ def json_lines(run_dir):
 
 def test_baseline_settings_and_result_line():
     settings = settings_lib.resolve(fixmatch.FixMatch.all_params(),
-                                    dict(local=True, dataset='fashion_mnist.1@40-1', augment='m.d.rac', seed=3))
+                                    dict(local=True, dataset='fashion_mnist.1@40-1', augment='m.d.rac', seed=3, xla=True))
     baseline = train.baseline_settings(settings)
     assert baseline['augment'] == 'm.d.d' and baseline['baseline'] is False and baseline['local'] is True
     assert (baseline['filters'], baseline['repeat'], baseline['batch'], baseline['seed'], baseline['xla']) == \
