@@ -26,6 +26,7 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import debias  # noqa: E402
+from libml import devices  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
@@ -75,16 +76,12 @@ class AdaMatch(train.Algorithm):
         self.started = tf.Variable(0., trainable=False, name='started', aggregation=first)
         return dict(p_target=self.p_target, p_model=self.p_model, started=self.started)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def loss(self, batch, step):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
         probs_x, probs_u = (tf.nn.softmax(tf.stop_gradient(logits[k])) for k in (keys.X, keys.U_WEAK))
-        ctx = tf.distribute.get_replica_context()
-        every_x, every_u = (tf.reshape(ctx.all_gather(p, 0), [-1, self.nclass]) for p in (probs_x, probs_u))
+        every_x, every_u = devices.global_rows(probs_x), devices.global_rows(probs_u)
         self.p_target.assign(s.ema_p * self.p_target + (1 - s.ema_p) * tf.reduce_mean(every_x, 0))
         self.p_model.assign(updated_p_model(self.p_model, self.started, every_u, s.ema_p))
         self.started.assign(1.)

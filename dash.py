@@ -68,9 +68,6 @@ class Dash(train.Algorithm):
         self.rho_init = tf.Variable(0., trainable=False, name='rho_init', aggregation=first)
         return dict(rho_sum=self.rho_sum, rho_count=self.rho_count, rho_init=self.rho_init)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def term(self, logits_weak, logits_strong, rho):
         targets, mask = dash_selection(logits_weak, rho, self.settings.T)
         return mask * losses.soft_cross_entropy(targets, logits_strong), mask

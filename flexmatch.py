@@ -70,9 +70,6 @@ class FlexMatch(train.Algorithm):
         self.beta = tf.Variable(tf.zeros([self.nclass]), trainable=False, name='beta', aggregation=first)
         return dict(selected=self.selected, beta=self.beta)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def update(self, index, probs):
         """The state update after a step, from every replica's images: selected, then beta."""
         ctx = tf.distribute.get_replica_context()

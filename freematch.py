@@ -26,6 +26,7 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import debias  # noqa: E402
+from libml import devices  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
@@ -83,15 +84,12 @@ class FreeMatch(train.Algorithm):
         self.label_hist = tf.Variable(uniform, trainable=False, name='label_hist', aggregation=first)
         return dict(time_p=self.time_p, p_model=self.p_model, label_hist=self.label_hist)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def loss(self, batch, step):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
         probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
-        every = tf.reshape(tf.distribute.get_replica_context().all_gather(probs, 0), [-1, self.nclass])
+        every = devices.global_rows(probs)
         for variable, value in zip((self.time_p, self.p_model, self.label_hist), updated_statistics(
                 self.time_p, self.p_model, self.label_hist, every, s.ema_p)):
             variable.assign(value)

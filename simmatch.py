@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from libml import debias  # noqa: E402
+from libml import devices  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import models  # noqa: E402
@@ -103,9 +104,6 @@ class SimMatch(train.Algorithm):
     def extra_trainable_variables(self):
         return list(self.head.trainable_variables)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def embed(self, features):
         return tf.math.l2_normalize(self.head(tf.cast(features, tf.float32)), axis=1)
 
@@ -146,7 +144,7 @@ class SimMatch(train.Algorithm):
         unlabeled, xeu = self.bias.unlabeled(h_u, h_x, labels)
         instance = losses.dessl_mean(in_u, in_x if s.debiased else None)
         index = ctx.all_gather(batch[keys.X_INDEX], 0)
-        embedded = tf.reshape(ctx.all_gather(tf.stop_gradient(emb[keys.X]), 0), [-1, emb[keys.X].shape[-1]])
+        embedded = devices.global_rows(tf.stop_gradient(emb[keys.X]))
         with tf.control_dependencies([instance, unlabeled]):  # the bank changes after the loss has read it
             self.bank.assign(updated_bank(self.bank, index, embedded))
         return xe + unlabeled + s.w_in * instance, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),

@@ -24,6 +24,7 @@ utils.quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 from libml import debias  # noqa: E402
+from libml import devices  # noqa: E402
 from libml import keys  # noqa: E402
 from libml import losses  # noqa: E402
 from libml import train  # noqa: E402
@@ -76,9 +77,6 @@ class SoftMatch(train.Algorithm):
         self.var = tf.Variable(1., trainable=False, name='var', aggregation=first)
         return dict(p_model=self.p_model, started=self.started, mu=self.mu, var=self.var)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def term(self, logits_weak, logits_strong):
         """(w_i H(argmax weak_i, strong_i) (n,), w (n,)) with the current p_model, mu and var."""
         aligned = uniform_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), self.p_model)
@@ -90,7 +88,7 @@ class SoftMatch(train.Algorithm):
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
         probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
-        every = tf.reshape(tf.distribute.get_replica_context().all_gather(probs, 0), [-1, self.nclass])
+        every = devices.global_rows(probs)
         self.p_model.assign(updated_p_model(self.p_model, self.started, every, s.ema_p))
         self.started.assign(1.)
         mu, var = updated_gaussian(self.mu, self.var, tf.reduce_max(uniform_alignment(every, self.p_model), 1), s.ema_p)

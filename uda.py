@@ -61,9 +61,6 @@ class UDA(train.Algorithm):
     )
     label_bias = debias.Support(threshold=True, labeled_term=True, unlabeled_term=True, darp=True)
 
-    def views(self):
-        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
-
     def loss(self, batch, step):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)

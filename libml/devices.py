@@ -33,6 +33,13 @@ def make_strategy(devicenum: int = 0) -> tf.distribute.Strategy:
     return STRATEGIES[key]
 
 
+def global_rows(values: tf.Tensor) -> tf.Tensor:
+    """Every replica's rows of `values` (n, ...) in replica order (replicas * n, ...), the trailing
+    shape kept static (all_gather under MirroredStrategy loses it); `values` itself on one device."""
+    gathered = tf.distribute.get_replica_context().all_gather(values, 0)
+    return tf.reshape(gathered, [-1, *values.shape[1:]])
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes checkpoints, summaries and statistics: the only process, the
     'chief' task, or worker 0 of a cluster without a chief."""

@@ -101,7 +101,9 @@ class Algorithm:
         return labeled_views, {keys.U_WEAK: weak, keys.U_STRONG: strong}
 
     def views(self):
-        return self.standard_views()
+        """The standard views, with the labeled strong view when a label-bias correction computes the
+        unlabeled term on the labeled images."""
+        return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
 
     def build(self) -> dict:
         return {}
@@ -346,11 +348,11 @@ BASELINE_MODULE, BASELINE_CLASS = 'fully_supervised', 'FullySupervised'
 
 def baseline_settings(settings) -> dict:
     """The supervised baseline of a run: every common setting of the run (model, batch, schedule, seed,
-    devices), the labeled view of its --augment, one evaluation at the end."""
+    devices), the labeled view of its --augment, one evaluation at the end (no early one)."""
     labeled_view = views.parse_augment(settings.augment)[0] if 'augment' in settings else 'd'
     common = {name: settings[name] for name in params_lib.COMMON if name in settings}
-    return dict(common, baseline=False, augment=f'{labeled_view}.d.d', report_kimg=settings.train_kimg,
-                save_kimg=settings.train_kimg)
+    return dict(common, baseline=False, augment=f'{labeled_view}.d.d', first_report_kimg=0.,
+                report_kimg=settings.train_kimg, save_kimg=settings.train_kimg)
 
 
 def train_with_baseline(algorithm_cls, settings) -> dict:

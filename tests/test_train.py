@@ -185,6 +185,7 @@ def test_baseline_settings_and_result_line():
     assert (baseline['filters'], baseline['repeat'], baseline['batch'], baseline['seed'], baseline['xla']) == \
         (16, 1, 32, 3, True)
     assert baseline['train_kimg'] == baseline['report_kimg'] == baseline['save_kimg'] == settings.train_kimg
+    assert settings.first_report_kimg == 1 and baseline['first_report_kimg'] == 0
     assert 'uratio' not in baseline and 'confidence' not in baseline  # FixMatch's own settings stay out
     assert settings.baseline and not settings_lib.resolve(fixmatch.FixMatch.all_params(), {}).baseline
     result = dict(accuracy=78.5, last20=70.25, run_dir='runs/a', baseline=dict(accuracy=55.25))
