@@ -4,7 +4,8 @@
 Paper setting, CIFAR-10 with 40 labels, WRN-28-2, 2^20 steps:
   python fixmatch.py --dataset=cifar10.1@40-1 --train_dir=./experiments/fixmatch
 (about 4 days with the original code on one GPU; measured times for this port are in the README.)
-Small local run on a CPU (Fashion-MNIST, 40 labels; 14 minutes on 2 cores, 61.7% EMA test accuracy):
+Small local run on a CPU (Fashion-MNIST, 40 labels; 13.5 minutes on 2 cores, 75.1% EMA test accuracy
+against 53.1% for the same model on the labels alone, trained and printed by the same command):
   python fixmatch.py --dataset=fashion_mnist.1@40-1 --local
 
 Loss, with p_w = stop_gradient(softmax(model(weak(u)))), tau = --confidence, H = cross-entropy:
