@@ -9,10 +9,8 @@ The budget is the number of labeled images seen (train_kimg thousands), the same
 the wall time of each run is reported too. Accuracy is the EMA test accuracy at the end (%).
 The last line prints each algorithm's accuracy as a ratio of the supervised baseline's.
 """
-import glob
 import importlib
 import os
-import re
 import sys
 import tempfile
 import time
@@ -23,26 +21,15 @@ from libml import utils  # noqa: E402
 
 utils.quiet_tensorflow()
 from absl import flags  # noqa: E402
+from libml import commands  # noqa: E402
 
-
-def entry_scripts(root=ROOT):
-    """((module, class), ...) of every algorithm script at the top of the checkout (its last line
-    `train.main(Class)`), by module name: a new method joins the benchmark without a list to edit."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(root, '*.py'))):
-        match = re.search(r'^\s+train\.main\((\w+)\)', open(path).read(), re.M)
-        if match:
-            found.append((os.path.basename(path)[:-3], match.group(1)))
-    return tuple(found)
-
-
-ALGORITHMS = entry_scripts()
+ALGORITHMS = commands.entry_scripts(ROOT)  # every algorithm script: a new method joins without a list to edit
 BASELINE = 'FullySupervised'
 
 flags.DEFINE_list('labels', ['40', '250'], 'Labeled split sizes.')
 flags.DEFINE_list('algorithms', [c for _, c in ALGORITHMS], 'Algorithms to run (class names).')
 flags.DEFINE_float('train_kimg', 8, 'Budget of every run, in thousands of labeled images.')
-flags.DEFINE_bool('local', True, 'Use the --local model and settings (WRN-10-1, batch 32, XLA).')
+flags.DEFINE_bool('local', True, 'Use the --local model and settings (WRN-10-1, batch 32).')
 flags.DEFINE_float('ema', None, 'Weight-EMA decay of every run (default: the --local or paper value). A budget of a '
                    'few kimg needs 0.9: a slower average is still near its random start at the end.')
 flags.DEFINE_float('bn_momentum', None, 'Batch-norm statistics decay of every run (default as --ema).')
@@ -62,8 +49,8 @@ def run_one(name, labels, train_dir):
     cls = algorithm_class(name)
     decays = {k: getattr(FLAGS, k) for k in ('ema', 'bn_momentum') if getattr(FLAGS, k) is not None}
     start = time.perf_counter()
-    result = cls.run(**decays, baseline=False, eval_size=FLAGS.eval_size, dataset=f'fashion_mnist.{FLAGS.seed}@{labels}-1',
-                     train_dir=train_dir, local=FLAGS.local,
+    result = cls.run(**decays, baseline=False, eval_size=FLAGS.eval_size,
+                     dataset=f'fashion_mnist.{FLAGS.seed}@{labels}-1', train_dir=train_dir, local=FLAGS.local,
                      seed=FLAGS.seed, train_kimg=FLAGS.train_kimg, report_kimg=FLAGS.train_kimg,
                      save_kimg=FLAGS.train_kimg)
     return result['accuracy'], time.perf_counter() - start

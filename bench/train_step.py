@@ -18,11 +18,12 @@ Start-up, per setting: the seconds from the start of the process to the import o
 (imports), to a built trainer (data loading, model, optimizer, run directory), and of the first
 training call (graph tracing, XLA compilation, the first step), also as a number of steady steps.
 """
-PROCESS_START = __import__('time').perf_counter()
-import os
-import sys
-import tempfile
 import time
+
+PROCESS_START = time.perf_counter()
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from libml import utils  # noqa: E402

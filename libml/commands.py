@@ -5,6 +5,9 @@ sys.argv[0] set to the module's file): the algorithm modules (`fixmatch --datase
 scripts/, installed as the package `fixmatch_scripts` (`fixmatch-create-datasets --datasets=...`).
 Nothing here imports TensorFlow: the modules themselves set up a quiet start.
 """
+import glob
+import os
+import re
 import runpy
 import sys
 
@@ -15,6 +18,18 @@ ALGORITHMS = ('fixmatch', 'mixmatch', 'remixmatch', 'uda', 'pi_model', 'mean_tea
 TOOLS = ('create_datasets', 'create_split', 'create_unlabeled', 'inspect_dataset', 'evaluate', 'export',
          'extract_accuracy', 'extract_gm_accuracy', 'aggregate_accuracy', 'run_paper_tables', 'tensorboard_screenshot')
 TOOLS_PACKAGE = 'fixmatch_scripts'
+
+
+def entry_scripts(root: str) -> tuple:
+    """((module, class), ...) of every algorithm script at the top of the checkout `root` (a line
+    `train.main(Class)`), sorted by module name: what a new method joins without a list to edit."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, '*.py'))):
+        with open(path) as f:
+            match = re.search(r'^\s+train\.main\((\w+)\)', f.read(), re.M)
+        if match:
+            found.append((os.path.basename(path)[:-3], match.group(1)))
+    return tuple(found)
 
 
 def run_module(module: str) -> None:

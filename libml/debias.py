@@ -62,22 +62,22 @@ class Support:
 def check(settings, support: Support, algorithm: str) -> None:
     """UserError for a correction the algorithm cannot take or a combination that makes no sense."""
     s = settings
-    needs = [('CAI', s.CAI, support.threshold, 'a confidence threshold'),
-             ('CAP', s.CAP, support.labeled_term, 'a plain labeled cross-entropy'),
+    usual = 'fixmatch.py, uda.py, pseudo_label.py'  # algorithms that take the correction, for the message
+    needs = [('CAI', s.CAI, support.threshold, 'a confidence threshold', usual),
+             ('CAP', s.CAP, support.labeled_term, 'a plain labeled cross-entropy', usual),
              ('CADR', s.CADR, support.threshold and support.labeled_term and support.unlabeled_term,
-              'a thresholded unlabeled term and a plain labeled cross-entropy'),
-             ('debiased', s.debiased, support.unlabeled_term, 'a per-image unlabeled term'),
+              'a thresholded unlabeled term and a plain labeled cross-entropy', usual),
+             ('debiased', s.debiased, support.unlabeled_term, 'a per-image unlabeled term', usual),
              ('mnar_estimate', s.mnar_estimate != 'none', support.labeled_term and support.unlabeled_term,
-              'a plain labeled cross-entropy and a per-image unlabeled term')]
-    needs.append(('darp', s.get('darp'), support.darp, 'pseudo-labels of a confidence threshold taken from the '
-                  'weak view\'s prediction'))
-    needs.append(('abc', s.get('abc'), support.abc, 'a labeled view and weak and strong unlabeled views in one '
-                  'forward pass'))
-    for name, wanted, available, what in needs:
+              'a plain labeled cross-entropy and a per-image unlabeled term', usual),
+             ('darp', s.get('darp'), support.darp, 'pseudo-labels of a confidence threshold taken from the weak '
+              'view\'s prediction', 'fixmatch.py, flexmatch.py, pseudo_label.py'),
+             ('abc', s.get('abc'), support.abc, 'a labeled view and weak and strong unlabeled views in one forward '
+              'pass', 'fixmatch.py, flexmatch.py')]
+    for name, wanted, available, what, examples in needs:
         if wanted and not available:
             raise utils.UserError(f'--{name} needs {what}, which {algorithm} does not have; use it with an algorithm '
-                                  f'that has (e.g. fixmatch.py, {"flexmatch.py" if name in ("darp", "abc") else "uda.py"}'
-                                  f'{"" if name == "abc" else ", pseudo_label.py"})')
+                                  f'that has (e.g. {examples})')
     darp_lib.check(s)
     if s.CADR and not s.CAP:
         raise utils.UserError('--CADR needs --CAP (its correction is weighted by the propensities); add --CAP')

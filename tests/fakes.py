@@ -3,6 +3,7 @@ the training loop."""
 import types
 
 import numpy as np
+import tensorflow as tf
 
 from libml import debias
 from libml import settings as settings_lib
@@ -21,3 +22,19 @@ def fake_trainer(cls, model=None, nclass=3, labeled_labels=(0, 1, 2), n_total=10
     bias.build()
     return types.SimpleNamespace(settings=settings, model=model, data=data, bias=bias, ema=None,
                                  kimg_to_steps=kimg_to_steps)
+
+
+class TableModel:
+    """Image i, a (1,) vector holding the number i, has logits table[i]."""
+
+    def __init__(self, table):
+        self.table = tf.constant(table, tf.float32)
+        self.trainable_variables, self.non_trainable_variables = [], []
+
+    def __call__(self, images, training=False):
+        return tf.gather(self.table, tf.cast(images[:, 0], tf.int32))
+
+
+def rows(*indexes):
+    """Images for TableModel: one (1,) row per index."""
+    return tf.constant([[float(i)] for i in indexes])

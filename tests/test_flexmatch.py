@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import fakes
+from fakes import TableModel, rows
 import flexmatch
 from conftest import ROOT
 from libml import data
@@ -51,17 +52,6 @@ def test_selection_update():
     np.testing.assert_array_equal(nothing, selected.numpy())
 
 
-class TableModel:
-    """Image i, a (1,) vector holding the number i, has logits table[i]."""
-
-    def __init__(self, table):
-        self.table = tf.constant(table, tf.float32)
-        self.trainable_variables, self.non_trainable_variables = [], []
-
-    def __call__(self, images, training=False):
-        return tf.gather(self.table, tf.cast(images[:, 0], tf.int32))
-
-
 TABLE = np.array([[2., 0., 0.], [0., 1., 0.],                           # 0-1 labeled x, labels 0 and 1
                   [2., 0., 0.],   # 2 weak: p = 0.787, class 0 (threshold 0.95): masked, not selected
                   [0., 1., 0.],   # 3 weak: p = e / (e + 2) = 0.576 >= 0.19 (class 1): counted, not selected
@@ -69,10 +59,6 @@ TABLE = np.array([[2., 0., 0.], [0., 1., 0.],                           # 0-1 la
                   [5., 0., 0.],   # 5 weak: p = 0.987: counted and selected as class 0
                   [0., 1., 0.], [1., 0., 2.], [0., 0., 1.], [3., 0., 1.]])  # 6-9 strong views
 SELECTED = [-1, 0, 0, 1, -1, 2, 0]  # 7 unlabeled images: sigma_-1 = 2, sigma = (3, 1, 1)
-
-
-def rows(*indexes):
-    return tf.constant([[float(i)] for i in indexes])
 
 
 def make(table=TABLE, selected=SELECTED, **settings):

@@ -8,6 +8,7 @@ import tensorflow as tf
 import adamatch
 import dash
 import fakes
+from fakes import TableModel, rows
 import freematch
 import simmatch
 import softmatch
@@ -72,21 +73,6 @@ def test_freematch_fairness_term_value_sign_and_gradient():
     expected = fairness_by_hand(strong, mask, p_model, label_hist)
     assert value == pytest.approx(expected, rel=1e-5) and -np.log(3) - 1 < expected < 0  # -H(a, b) <= -H(a)
     assert float(freematch.fairness_term(t(strong), t([0.] * 4), t(p_model), t(label_hist))) == 0
-
-
-class TableModel:
-    """Image i, a (1,) vector holding the number i, has logits table[i]."""
-
-    def __init__(self, table):
-        self.table = tf.constant(table, tf.float32)
-        self.trainable_variables, self.non_trainable_variables = [], []
-
-    def __call__(self, images, training=False):
-        return tf.gather(self.table, tf.cast(images[:, 0], tf.int32))
-
-
-def rows(*indexes):
-    return tf.constant([[float(i)] for i in indexes])
 
 
 TABLE = np.array([[2., 0., 0.], [0., 1., 0.], [2., 0., 0.], [0., 3., 0.], [0., 0., 4.], [5., 0., 0.],
@@ -405,7 +391,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import fakes, adamatch, dash, freematch, softmatch
-from test_modern_thresholds import BATCH, TableModel, TABLE
+from fakes import TableModel
+from test_modern_thresholds import BATCH, TABLE
 STATE = {'FreeMatch': ('time_p', 'p_model', 'label_hist'), 'SoftMatch': ('p_model', 'mu', 'var'),
          'AdaMatch': ('p_target', 'p_model'), 'Dash': ('rho_init',)}
 SETTINGS = dict(ema_p=0.5, batch=16, warmup_kimg=0.0625, gamma_kimg=1)  # Dash: warm-up 4 steps, window step 3

@@ -26,11 +26,7 @@ def requirement_lines(name):
 
 def algorithm_modules():
     """Top-level modules of the checkout that are training entry scripts."""
-    names = []
-    for path in glob.glob(os.path.join(ROOT, '*.py')):
-        if re.search(r'^\s+train\.main\(', open(path).read(), re.M):
-            names.append(os.path.basename(path)[:-3])
-    return sorted(names)
+    return [module for module, _ in commands.entry_scripts(ROOT)]
 
 
 def tool_scripts():
