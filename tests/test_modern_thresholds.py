@@ -390,25 +390,42 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import fakes, adamatch, dash, freematch, softmatch
+import keras
+import fakes, adamatch, dash, freematch, simmatch, softmatch
 from fakes import TableModel
-from test_modern_thresholds import BATCH, TABLE
+from test_modern_thresholds import BATCH, FEATURES, TABLE
 STATE = {'FreeMatch': ('time_p', 'p_model', 'label_hist'), 'SoftMatch': ('p_model', 'mu', 'var'),
-         'AdaMatch': ('p_target', 'p_model'), 'Dash': ('rho_init',)}
-SETTINGS = dict(ema_p=0.5, batch=16, warmup_kimg=0.0625, gamma_kimg=1)  # Dash: warm-up 4 steps, window step 3
+         'AdaMatch': ('p_target', 'p_model'), 'Dash': ('rho_init',), 'SimMatch': ('bank', 'queue')}
+inputs = keras.Input((1,))
+FEATURED = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(4, name='pool')(inputs)))
+WIDE = np.pad(FEATURES, [(0, 0), (0, 126)]).astype(np.float32)  # 128-d embeddings for the built 128 x n_l bank
+
+
+def tables(algorithm):
+    # SimMatch's network and projection head replaced by the tables (as test_simmatch_loss_wires_the_rules)
+    algorithm.classifier = lambda images, training: (tf.gather(tf.constant(TABLE, tf.float32), tf.cast(images[:, 0], tf.int32)),
+                                                     tf.gather(tf.constant(WIDE), tf.cast(images[:, 0], tf.int32)))
+    algorithm.embed = lambda features: tf.math.l2_normalize(features, axis=1)
+SETTINGS = dict(ema_p=0.5, batch=16, warmup_kimg=0.0625, gamma_kimg=1, start_kimg=0)  # Dash: warm-up 4 steps, window step 3
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 out = {}
-for cls in (freematch.FreeMatch, softmatch.SoftMatch, adamatch.AdaMatch, dash.Dash):
+for cls in (freematch.FreeMatch, softmatch.SoftMatch, adamatch.AdaMatch, dash.Dash, simmatch.SimMatch):
     settings = {k: v for k, v in SETTINGS.items() if k in cls.all_params()}
-    single = cls(fakes.fake_trainer(cls, TableModel(TABLE), nclass=3, n_total=8, **settings))
+    model = FEATURED if cls is simmatch.SimMatch else TableModel(TABLE)
+    batch = dict(BATCH, x_index=tf.constant([1, 1], tf.int64)) if cls is simmatch.SimMatch else BATCH  # one column twice
+    single = cls(fakes.fake_trainer(cls, model, nclass=3, n_total=8, **settings))
     single.build()
-    single.loss(BATCH, tf.constant(3, tf.int64))
+    if cls is simmatch.SimMatch:
+        tables(single)
+    single.loss(batch, tf.constant(3, tf.int64))
     with strategy.scope():
-        split = cls(fakes.fake_trainer(cls, TableModel(TABLE), nclass=3, n_total=8, **settings))
+        split = cls(fakes.fake_trainer(cls, model, nclass=3, n_total=8, **settings))
         split.build()
+    if cls is simmatch.SimMatch:
+        tables(split)
     def half(ctx):
         r = ctx.replica_id_in_sync_group
-        return {k: v[r:r + 1] if k in ('x', 'label', 'x_index') else v[2 * r:2 * r + 2] for k, v in BATCH.items()}
+        return {k: v[r:r + 1] if k in ('x', 'label', 'x_index') else v[2 * r:2 * r + 2] for k, v in batch.items()}
     values = strategy.experimental_distribute_values_from_function(half)
     tf.function(lambda v: strategy.run(lambda b: split.loss(b, tf.constant(3, tf.int64))[0], (v,)))(values)
     out[cls.__name__] = {n: [[float(x) for x in np.ravel(getattr(single, n).numpy())],
@@ -430,10 +447,17 @@ def test_statistics_are_taken_over_every_replica():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert sorted(out) == ['AdaMatch', 'Dash', 'FreeMatch', 'SoftMatch']
+    assert sorted(out) == ['AdaMatch', 'Dash', 'FreeMatch', 'SimMatch', 'SoftMatch']
     for name, state in out.items():
         for variable, (single, copies) in state.items():
             assert len(copies) == 2, (name, variable)
             for copy in copies:
                 np.testing.assert_allclose(copy, single, rtol=1e-5, err_msg=f'{name}.{variable}')
     assert out['Dash']['rho_init'][0][0] > 0
+    # SimMatch: both replicas' labeled image is column 1: it moves to the mean of their two embeddings
+    start = tf.math.l2_normalize(tf.random.stateless_normal([128, 3], [0, 23]), axis=0).numpy()  # build()'s bank
+    wide = np.pad(FEATURES[:2], [(0, 0), (0, 126)])
+    column = 0.7 * start[:, 1] + 0.3 * (wide / np.linalg.norm(wide, axis=1, keepdims=True)).mean(0)
+    expected = start.copy()
+    expected[:, 1] = column / np.linalg.norm(column)
+    np.testing.assert_allclose(np.reshape(out['SimMatch']['bank'][0], (128, 3)), expected, rtol=1e-5, atol=1e-6)
