@@ -37,8 +37,9 @@ COMMON = dict(
              'w by lr*wd*w each step (lr: the variable\'s own with --layer_decay).', check=at_least(0)),
     layer_decay=Param(1.0, 'Layer-wise learning-rate decay (USB\'s layer_decay for ViTs): a variable at depth d of a '
                       'model of depth D = L + 1 (L blocks) trains with lr * layer_decay^(D - d): embedding or stem '
-                      'd = 0, block i d = i + 1, head d = D (libml/finetune.py; its decoupled weight decay too). '
-                      '1 = off.', check=in_range(0, 1, low_open=True)),
+                      'd = 0, block i d = i + 1, head d = D (a ViT\'s final norm: d = L, as USB) (libml/finetune.py); '
+                      'the decoupled weight decay uses the same per-variable rate. 1 = off.',
+                      check=in_range(0, 1, low_open=True)),
     ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).',
               local=0.99, check=in_range(0, 1, high_open=True)),
     seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.', check=in_range(0, 2**32 - 1)),

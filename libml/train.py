@@ -259,7 +259,7 @@ class Trainer:
 
     def learning_rate(self):
         """The learning rate of the current step (--lr_schedule, after --lr_warmup_kimg's warm-up)."""
-        if self.steps_warmup:
+        if self.settings.get('lr_warmup_kimg', 0.) and self.steps_warmup:  # (a warm-up under one step: none)
             return state_lib.warmup_lr(self.settings.lr_schedule, self.settings.lr, self.step, self.steps_total,
                                        self.steps_warmup, self.settings.get('lr_end', 0.))
         progress = tf.cast(self.step, tf.float32) / max(self.steps_total, 1)

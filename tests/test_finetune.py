@@ -59,7 +59,8 @@ def test_warmup_schedule_at_hand_computed_steps():
 
 def trainer_stub(step, total, warmup, schedule='cosine', lr=0.03):
     return types.SimpleNamespace(step=tf.Variable(step, dtype=tf.int64), steps_total=total, steps_warmup=warmup,
-                                 settings=settings_lib.Settings(lr_schedule=schedule, lr=lr, lr_end=0.))
+                                 settings=settings_lib.Settings(lr_schedule=schedule, lr=lr, lr_end=0.,
+                                                                lr_warmup_kimg=1. if warmup else 0.))
 
 
 def test_no_warmup_is_the_schedule_bit_for_bit():
@@ -263,7 +264,8 @@ def test_layer_rates_under_xla_and_two_replicas():
 def test_settings_are_checked_before_anything_is_written(tiny_data, tmp_path):  # noqa: F811
     params = fixmatch.FixMatch.all_params()
     for bad in (0.0, 1.5, -0.5):
-        with pytest.raises(utils.UserError, match=r'--layer_decay=.* is out of range: --layer_decay must be in \(0, 1\]'):
+        with pytest.raises(utils.UserError,
+                           match=r'--layer_decay=.* is out of range: --layer_decay must be in \(0, 1\]'):
             settings_lib.resolve(params, dict(layer_decay=bad))
     with pytest.raises(utils.UserError, match='--lr_warmup_kimg=-1 is out of range'):
         settings_lib.resolve(params, dict(lr_warmup_kimg=-1.))
