@@ -232,6 +232,8 @@ class Trainer:
             scales = None
             if settings.get('layer_decay', 1.0) != 1.0:  # lr * layer_decay^(D - depth) (libml/finetune.py)
                 scales = finetune.lr_scales(self.model, self.trainable, settings.layer_decay)
+                logging.info('--layer_decay=%g: %d depths, learning-rate factors %s', settings.layer_decay,
+                             len(set(scales)), ', '.join(f'{f:.3g}' for f in sorted(set(scales))))
             self.optimizer = state_lib.make_optimizer(settings, self.learning_rate, self.trainable,
                                                       self.decay_variables, scales)
             self.ema = state_lib.EMA(self.trainable, settings.ema) if settings.ema else None
