@@ -25,10 +25,21 @@ COMMON = dict(
     lr=Param(0.03, 'Learning rate at the start (see --lr_schedule).', check=above(0)),
     lr_schedule=Param('cosine', 'Learning rate after a fraction t/T of training: cosine lr*cos(7 pi/16 t/T), '
                       'constant lr, linear lr*(1 - t/T).', choices=('cosine', 'constant', 'linear')),
-    optimizer=Param('sgd', 'sgd: SGD with Nesterov momentum 0.9 and L2 weight decay in the loss; adam: Adam with '
-                    'decoupled weight decay w <- w - lr*wd*w on the kernels.', choices=('sgd', 'adam')),
-    wd=Param(5e-4, 'Weight decay on conv and dense kernels: sgd adds wd * sum(w^2)/2 to the loss, adam decays '
-             'w by lr*wd*w each step.', check=at_least(0)),
+    lr_warmup_kimg=Param(0., 'Linear learning-rate warm-up over the first W kimg (W*1024/batch steps): lr * t/W, then '
+                         '--lr_schedule over the remaining steps with t/T replaced by (t - W)/(T - W) (cosine: USB\'s '
+                         'get_cosine_schedule_with_warmup). 0 = no warm-up.', check=at_least(0)),
+    optimizer=Param('sgd', 'sgd: SGD with Nesterov momentum 0.9 and L2 weight decay in the loss; adam: Adam (eps 1e-8) '
+                    'then decoupled weight decay w <- w - lr*wd*w on the kernels (the reference\'s ab_fixmatch_adam); '
+                    'adamw: torch.optim.AdamW (USB\'s ViT fine-tuning): w <- w - lr*wd*w on the kernels BEFORE the '
+                    'Adam step, betas (0.9, 0.999), eps 1e-8 added after the bias correction.',
+                    choices=('sgd', 'adam', 'adamw')),
+    wd=Param(5e-4, 'Weight decay on conv and dense kernels: sgd adds wd * sum(w^2)/2 to the loss, adam and adamw decay '
+             'w by lr*wd*w each step (lr: the variable\'s own with --layer_decay).', check=at_least(0)),
+    layer_decay=Param(1.0, 'Layer-wise learning-rate decay (USB\'s layer_decay for ViTs): a variable at depth d of a '
+                      'model of depth D = L + 1 (L blocks) trains with lr * layer_decay^(D - d): embedding or stem '
+                      'd = 0, block i d = i + 1, head d = D (a ViT\'s final norm: d = L, as USB) (libml/finetune.py); '
+                      'the decoupled weight decay uses the same per-variable rate. 1 = off.',
+                      check=in_range(0, 1, low_open=True)),
     ema=Param(0.999, 'Decay of the moving average of the weights used for evaluation (0 = evaluate raw weights).',
               local=0.99, check=in_range(0, 1, high_open=True)),
     seed=Param(0, 'Seed of weight initialisation, batch sampling and augmentation.', check=in_range(0, 2**32 - 1)),

@@ -2,9 +2,13 @@
 model used for every evaluation.
 
   optimizer  SGD, Nesterov momentum 0.9, weight decay as an L2 term wd * sum(w^2)/2 of the loss
-             on conv and dense kernels; or Adam then decoupled decay w <- w (1 - lr * wd);
+             on conv and dense kernels; or Adam then decoupled decay w <- w (1 - lr * wd) (adam, the
+             reference's); or torch.optim.AdamW (adamw: decay first, then the Adam step); with
+             --layer_decay every variable has its own learning rate lr * layer_decay^(D - depth)
+             (libml/finetune.py), the decoupled decay included;
   schedule   lr(t) = lr * cos(7 pi/16 * t/T) (cosine), lr (constant) or lr + (lr_end - lr) t/T (linear),
-             t/T the fraction of training done;
+             t/T the fraction of training done; with a warm-up of W steps lr * t/W for t < W, then the
+             schedule over the remaining steps, (t - W)/(T - W) (USB's get_cosine_schedule_with_warmup);
   EMA        w_ema <- decay * w_ema + (1 - decay) * w after every step; evaluation uses the EMA
              weights (batch-norm moving statistics are shared with the raw model).
 """
@@ -52,31 +56,131 @@ def scheduled_lr(schedule: str, lr: float, progress: tf.Tensor, lr_end: float = 
     return lr * tf.ones_like(progress)
 
 
-class AdamW(keras.optimizers.AdamW):
+def warmup_lr(schedule: str, lr: float, step: tf.Tensor, total_steps: int, warmup_steps: int,
+              lr_end: float = 0.) -> tf.Tensor:
+    """Learning rate at step `step` (counted from 0) of `total_steps` with a linear warm-up of
+    `warmup_steps` > 0 steps: lr * step / warmup_steps while step < warmup_steps, then the schedule over
+    the rest, scheduled_lr(schedule, lr, (step - warmup_steps) / (total_steps - warmup_steps)). With the
+    cosine schedule this is USB's get_cosine_schedule_with_warmup (semilearn/core/utils/build.py):
+    lr * max(0, cos(7 pi/16 * (step - W)/(T - W))) after the warm-up (the cosine is positive until T)."""
+    step = tf.cast(step, tf.float32)
+    warm = lr * (step / float(warmup_steps))
+    after = scheduled_lr(schedule, lr, (step - warmup_steps) / float(max(1, total_steps - warmup_steps)), lr_end)
+    return tf.where(step < warmup_steps, warm, after)
+
+
+class _PerVariable:
+    """Per-variable settings of an optimizer, by the index of the variable in the list it was built on
+    (a plain object: not tracked, nothing added to the checkpoint)."""
+
+    def __init__(self, lr_scales: Sequence[float], decayed: Sequence[bool]):
+        self.lr_scales = [float(s) for s in lr_scales]
+        self.decayed = [bool(d) for d in decayed]
+
+
+class LayerScaled:
+    """Mixin for a Keras optimizer: the learning rate of variable i is learning_rate * lr_scales[i]
+    (--layer_decay), a per-variable learning rate as torch's parameter groups. update_step is Keras's
+    per-variable update (called once per variable, per replica's copy under tf.distribute, inside XLA
+    with --xla), so the scale is applied where the learning rate is used and the optimizer's variables
+    stay those of its base class (checkpoints unchanged)."""
+    per_variable = None
+
+    def set_per_variable(self, lr_scales: Sequence[float], decayed: Sequence[bool]) -> None:
+        """lr_scales[i] and decayed[i] (decoupled weight decay on it) for the i-th variable of the list
+        the optimizer is built on; call before build."""
+        self.per_variable = _PerVariable(lr_scales, decayed)
+
+    def lr_scale(self, variable) -> float:
+        return self.per_variable.lr_scales[self._get_variable_index(variable)] if self.per_variable else 1.0
+
+    def scaled_lr(self, learning_rate, variable):
+        scale = self.lr_scale(variable)
+        return learning_rate if scale == 1.0 else learning_rate * scale
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, self.scaled_lr(learning_rate, variable))
+
+
+class ScaledSGD(LayerScaled, keras.optimizers.SGD):
+    """keras.optimizers.SGD with a learning rate per variable (weight decay stays the loss's L2 term,
+    so its gradient wd * w is scaled with the rest, as torch.optim.SGD's weight_decay in a group)."""
+
+
+class AdamW(LayerScaled, keras.optimizers.AdamW):
     """Adam (epsilon 1e-8 as TF1's AdamOptimizer), then decoupled weight decay AFTER the Adam step:
     w <- w * (1 - lr * weight_decay) on the decayed variables, as the reference's post-step assign
-    (Keras's AdamW decays before the step: w (1 - lr wd) - update instead of (w - update)(1 - lr wd))."""
+    (Keras's AdamW decays before the step: w (1 - lr wd) - update instead of (w - update)(1 - lr wd)).
+    With per-variable learning rates (--layer_decay) the decay uses the variable's own lr * scale."""
 
     def _apply_weight_decay(self, variables):
         del variables  # applied after the Adam step instead
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         super()._backend_update_step(grads, trainable_variables, learning_rate)
-        super()._apply_weight_decay(trainable_variables)
+        if self.per_variable is None:
+            super()._apply_weight_decay(trainable_variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, learning_rate)
+        if self.per_variable is not None and self._use_weight_decay(variable):
+            lr = tf.cast(self.scaled_lr(learning_rate, variable), variable.dtype)
+            variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * lr)
+
+
+class TorchAdamW(LayerScaled, keras.optimizers.Adam):
+    """torch.optim.AdamW (betas (0.9, 0.999), eps 1e-8, the defaults USB uses), per variable with
+    learning rate a = lr * scale and t = the step number from 1:
+      w <- w * (1 - a * wd)                      (decoupled decay, BEFORE the Adam step; decayed only)
+      m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2
+      w <- w - a / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    (Keras's Adam adds eps to sqrt(v) before the bias correction: a different eps.) The variables are
+    Adam's (iterations, momentums, velocities)."""
+
+    def __init__(self, learning_rate, weight_decay: float, **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8, **kwargs)
+        self.decoupled_wd = float(weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        lr = tf.cast(self.scaled_lr(learning_rate, variable), dtype)
+        gradient = tf.cast(gradient, dtype)
+        if self.decoupled_wd and (self.per_variable is None or self.per_variable.decayed[index]):
+            self.assign(variable, variable * (1 - lr * tf.cast(self.decoupled_wd, dtype)))
+        m, v = self._momentums[index], self._velocities[index]
+        t = tf.cast(self.iterations + 1, dtype)
+        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        self.assign(m, b1 * m + (1 - b1) * gradient)
+        self.assign(v, b2 * v + (1 - b2) * tf.square(gradient))
+        denom = tf.sqrt(v) / tf.sqrt(1 - tf.pow(b2, t)) + tf.cast(self.epsilon, dtype)
+        self.assign_sub(variable, lr / (1 - tf.pow(b1, t)) * m / denom)
 
 
 def make_optimizer(settings, learning_rate: Callable, variables: Sequence[tf.Variable],
-                   decay_variables: Sequence[tf.Variable]) -> keras.optimizers.Optimizer:
+                   decay_variables: Sequence[tf.Variable],
+                   lr_scales: 'Sequence[float] | None' = None) -> keras.optimizers.Optimizer:
     """SGD (momentum --momentum, default 0.9, Nesterov unless --nonesterov; weight decay is an L2 term
-    of the loss) or Adam with decoupled decay w <- w (1 - lr wd) after each step on `decay_variables`
-    only. Built on `variables` so a checkpoint can restore its slots."""
+    of the loss), Adam with decoupled decay w <- w (1 - lr wd) after each step (adam) or torch's AdamW
+    (adamw: the decay before the step), the decay on `decay_variables` only. `lr_scales` (one per
+    variable, --layer_decay: libml/finetune.py) multiply the learning rate of each variable, its decay
+    included; None: every scale 1 (the plain optimizers, unchanged). Built on `variables` so a checkpoint
+    can restore its slots."""
+    decayed_ids = {id(v) for v in decay_variables}
+    decayed = [id(v) in decayed_ids for v in variables]
     if settings.optimizer == 'adam':
         optimizer = AdamW(learning_rate=learning_rate, weight_decay=settings.wd, epsilon=1e-8)
-        decayed = {id(v) for v in decay_variables}
-        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
+        optimizer.exclude_from_weight_decay(var_list=[v for v, d in zip(variables, decayed) if not d])
+    elif settings.optimizer == 'adamw':
+        optimizer = TorchAdamW(learning_rate=learning_rate, weight_decay=settings.wd)
+    elif lr_scales is not None:
+        optimizer = ScaledSGD(learning_rate=learning_rate, momentum=settings.get('momentum', 0.9),
+                              nesterov=settings.get('nesterov', True))
     else:
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=settings.get('momentum', 0.9),
                                          nesterov=settings.get('nesterov', True))
+    if lr_scales is not None or settings.optimizer == 'adamw':
+        optimizer.set_per_variable(lr_scales if lr_scales is not None else [1.0] * len(variables), decayed)
     if settings.precision == 'mixed_float16':  # dynamic loss scaling; steps with inf/NaN gradients are skipped
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)

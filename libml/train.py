@@ -27,6 +27,7 @@ from libml import checkpoints
 from libml import data
 from libml import debias
 from libml import devices
+from libml import finetune
 from libml import keys
 from libml import models
 from libml import params as params_lib
@@ -187,6 +188,11 @@ class Trainer:
         self.steps_report = max(1, self.kimg_to_steps(settings.report_kimg))
         self.step_first_report = self.kimg_to_steps(settings.first_report_kimg)  # 0: none
         self.steps_save = max(1, self.kimg_to_steps(settings.save_kimg))
+        self.steps_warmup = self.kimg_to_steps(settings.get('lr_warmup_kimg', 0.))
+        if self.steps_warmup >= self.steps_total:
+            raise utils.UserError(f'--lr_warmup_kimg={settings.lr_warmup_kimg:g} ({self.steps_warmup} steps) is not '
+                                  f'shorter than --train_kimg={settings.train_kimg:g} ({self.steps_total} steps); '
+                                  f'use a shorter warm-up')
         keras.utils.set_random_seed(settings.seed)
         keras.mixed_precision.set_global_policy(settings.precision)
         checkpoint = tf.train.Checkpoint(**self.build_state(algorithm_cls))
@@ -223,8 +229,13 @@ class Trainer:
             extra = self.algorithm.extra_trainable_variables() + (self.abc.trainable_variables() if self.abc else [])
             self.trainable = self.model.trainable_variables + extra
             self.decay_variables += [v for v in extra if v.path.endswith('kernel')]
+            scales = None
+            if settings.get('layer_decay', 1.0) != 1.0:  # lr * layer_decay^(D - depth) (libml/finetune.py)
+                scales = finetune.lr_scales(self.model, self.trainable, settings.layer_decay)
+                logging.info('--layer_decay=%g: %d depths, learning-rate factors %s', settings.layer_decay,
+                             len(set(scales)), ', '.join(f'{f:.3g}' for f in sorted(set(scales))))
             self.optimizer = state_lib.make_optimizer(settings, self.learning_rate, self.trainable,
-                                                      self.decay_variables)
+                                                      self.decay_variables, scales)
             self.ema = state_lib.EMA(self.trainable, settings.ema) if settings.ema else None
         state = dict(model=self.model, optimizer=self.optimizer, step=self.step, algorithm=algorithm_state)
         if self.ema:
@@ -249,6 +260,10 @@ class Trainer:
         return state_lib.classify(self.model, self.ema, images, training)
 
     def learning_rate(self):
+        """The learning rate of the current step (--lr_schedule, after --lr_warmup_kimg's warm-up)."""
+        if self.settings.get('lr_warmup_kimg', 0.) and self.steps_warmup:  # (a warm-up under one step: none)
+            return state_lib.warmup_lr(self.settings.lr_schedule, self.settings.lr, self.step, self.steps_total,
+                                       self.steps_warmup, self.settings.get('lr_end', 0.))
         progress = tf.cast(self.step, tf.float32) / max(self.steps_total, 1)
         return state_lib.scheduled_lr(self.settings.lr_schedule, self.settings.lr, progress,
                                       self.settings.get('lr_end', 0.))

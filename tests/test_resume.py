@@ -130,6 +130,9 @@ ALGORITHMS = {
     'darp': ('fixmatch.FixMatch', dict(darp=True, darp_warmup_kimg=0.0625, darp_every=3)),
     'abc': ('fixmatch.FixMatch', dict(abc=True)),  # auxiliary head (EMA too), stateless Bernoulli draws
     'flexmatch_abc_darp': ('flexmatch.FlexMatch', dict(abc=True, darp=True, darp_warmup_kimg=0.0625, darp_every=3)),
+    # issue 22's fine-tuning: torch's AdamW, per-layer learning rates, a warm-up of 8 steps (ends at the resume)
+    'finetune': ('fixmatch.FixMatch', dict(optimizer='adamw', lr=0.002, wd=0.05, layer_decay=0.5,
+                                           lr_warmup_kimg=0.125)),
 }
 
 
