@@ -241,7 +241,7 @@ def daso_run(fashion_mnist_root, tmp_path_factory):
 def test_short_long_tailed_run_learns(daso_run):
     result, _ = daso_run
     assert result['step'] == 192
-    assert result['accuracy'] > 40, result  # chance is 10%; MEASURED% measured
+    assert result['accuracy'] > 40, result  # chance is 10%; 49.9% measured (FixMatch alone: 50.4%)
 
 
 def test_checkpoint_holds_the_daso_state(daso_run, fashion_mnist):
@@ -258,3 +258,47 @@ def test_checkpoint_holds_the_daso_state(daso_run, fashion_mnist):
     np.testing.assert_array_equal(trainer.daso.queue.numpy(), value('queue'))
     np.testing.assert_array_equal(trainer.daso.pushed.numpy(), pushed)
     np.testing.assert_array_equal(trainer.daso.pl_dist.numpy(), pl_dist)
+
+
+MULTI_REPLICA = r'''
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from libml import keys
+import test_daso
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+    state = test_daso.make_state()
+labeled = [[[1., 0], [0, 1]], [[3., 0], [0, 2]]]
+labels = [[0, 1], [0, 2]]
+weak_logits = [[[0., 2, 0]], [[0., 0, 1]]]  # argmax p: 1 and 2 (the warm-up's pseudo-labels)
+def run(ctx):
+    r = ctx.replica_id_in_sync_group
+    return (tf.constant(labeled[r]), tf.constant(labels[r]), tf.constant(weak_logits[r]))
+values = strategy.experimental_distribute_values_from_function(run)
+def replica(x, y, logits):
+    state.push(x, y)
+    state.observe({keys.U_WEAK: tf.ones([1, 2]), keys.U_STRONG: tf.ones([1, 2])})
+    return state.pseudo_logits(logits, tf.constant(0, tf.int64))
+tf.function(lambda v: strategy.run(replica, v))(values)
+print(json.dumps([[v.numpy().tolist() for v in var.values] for var in (state.queue, state.pushed, state.pl_window)]))
+'''
+
+
+def test_every_replica_keeps_the_global_batch_state():
+    import json
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+    done = subprocess.run([sys.executable, '-c', MULTI_REPLICA, ROOT], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    queues, pushed, windows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(queues) == len(pushed) == len(windows) == 2  # one copy per replica, the same values
+    for queue in queues:  # class 0: (1, 0) then replica 1's (3, 0); class 1: (0, 1); class 2: (0, 2)
+        np.testing.assert_array_equal(queue, [[[1, 0], [3, 0]], [[0, 1], [0, 0]], [[0, 2], [0, 0]]])
+    assert pushed == [[2, 1, 1]] * 2
+    assert windows == [[0, 1, 1]] * 2  # both replicas' pseudo-labels

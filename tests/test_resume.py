@@ -130,6 +130,11 @@ ALGORITHMS = {
     'darp': ('fixmatch.FixMatch', dict(darp=True, darp_warmup_kimg=0.0625, darp_every=3)),
     'abc': ('fixmatch.FixMatch', dict(abc=True)),  # auxiliary head (EMA too), stateless Bernoulli draws
     'flexmatch_abc_darp': ('flexmatch.FlexMatch', dict(abc=True, darp=True, darp_warmup_kimg=0.0625, darp_every=3)),
+    # queue (4 per class: wraps), pushed, pl_dist and pl_window: DASO from step 4, windows closing after steps 2, 5,
+    # 8, 11, 14 (the resume from 8 starts a new one)
+    'daso': ('fixmatch.FixMatch', dict(daso=True, daso_warmup_kimg=0.0625, daso_every=3, daso_queue=4)),
+    'flexmatch_daso': ('flexmatch.FlexMatch', dict(daso=True, daso_warmup_kimg=0.0625, daso_every=3, daso_queue=4,
+                                                   CAI=True)),
 }
 
 
