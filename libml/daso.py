@@ -20,6 +20,8 @@ Each step t, f(.) the pooled features (layer 'pool'), W the warm-up (--daso_warm
      after the steps t with (t + 1) mod E = 0: pl_dist <- pl_window, pl_window <- 0 (USB's counting);
   5. from step W on: loss += lambda * mean_u CE_soft(cos(f(strong(u)), C) / T_proto, q), lambda = --daso_lambda.
 """
+import threading
+
 import tensorflow as tf
 
 from libml import devices
@@ -172,8 +174,9 @@ class Daso:
         self.features_model = models.with_features(model)
         self.dim = self.features_model.outputs[1].shape[-1]
         self.averages = averages
-        self.features = {}  # the current step's pooled features by view name (set by Algorithm.forward_views)
-        self.relabeled = None
+        # this replica's step: its pooled features by view name (from Algorithm.forward_views) and the share of
+        # pseudo-labels DASO changed; per thread, as MirroredStrategy traces each replica in its own thread
+        self.current = threading.local()
 
     def build(self) -> dict:
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica computes the same new value
@@ -204,11 +207,11 @@ class Daso:
         self.pushed.assign(pushed)
 
     def observe(self, features: dict) -> None:
-        """The step's pooled features by view name, from the method's forward pass."""
-        self.features = dict(features)
+        """This replica's pooled features of the step by view name, from the method's forward pass."""
+        self.current.features = dict(features)
 
     def view_features(self, name):
-        found = self.features.get(name)
+        found = getattr(self.current, 'features', {}).get(name)
         if found is None:
             raise utils.UserError(f'--daso needs the pooled features of the {name} view from the method\'s forward '
                                   f'pass; use it with fixmatch.py or flexmatch.py')
@@ -227,7 +230,7 @@ class Daso:
         pl_dist, pl_window = refresh(self.pl_dist, self.pl_window, counts, step, self.settings.daso_every)
         self.pl_dist.assign(pl_dist)
         self.pl_window.assign(pl_window)
-        self.relabeled = tf.reduce_mean(tf.cast(labels != tf.argmax(probs, 1), tf.float32))
+        self.current.relabeled = tf.reduce_mean(tf.cast(labels != tf.argmax(probs, 1), tf.float32))
         return relabel_logits(logits, labels)
 
     def loss(self, step):
@@ -238,7 +241,7 @@ class Daso:
                                self.settings.daso_T)
         active = tf.cast(tf.cast(step, tf.int64) >= self.warmup, tf.float32)
         logs = {'losses/daso_align': align}
-        if self.relabeled is not None:
-            logs['monitors/daso_relabeled'] = self.relabeled
-        self.features, self.relabeled = {}, None
+        if getattr(self.current, 'relabeled', None) is not None:
+            logs['monitors/daso_relabeled'] = self.current.relabeled
+        self.current.features, self.current.relabeled = {}, None
         return self.settings.daso_lambda * active * align, logs

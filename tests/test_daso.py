@@ -278,12 +278,16 @@ def run(ctx):
     r = ctx.replica_id_in_sync_group
     return (tf.constant(labeled[r]), tf.constant(labels[r]), tf.constant(weak_logits[r]))
 values = strategy.experimental_distribute_values_from_function(run)
+strong = [[[1., 0]], [[0., 1]]]  # each replica's own strong features, read after the collectives
 def replica(x, y, logits):
+    r = tf.distribute.get_replica_context().replica_id_in_sync_group
     state.push(x, y)
-    state.observe({keys.U_WEAK: tf.ones([1, 2]), keys.U_STRONG: tf.ones([1, 2])})
-    return state.pseudo_logits(logits, tf.constant(0, tf.int64))
-tf.function(lambda v: strategy.run(replica, v))(values)
-print(json.dumps([[v.numpy().tolist() for v in var.values] for var in (state.queue, state.pushed, state.pl_window)]))
+    state.observe({keys.U_WEAK: tf.ones([1, 2]), keys.U_STRONG: tf.gather(tf.constant(strong), r)})
+    state.pseudo_logits(logits, tf.constant(0, tf.int64))
+    return state.loss(tf.constant(0, tf.int64))[1]['losses/daso_align']
+aligns = tf.function(lambda v: strategy.run(replica, v))(values)
+print(json.dumps([[v.numpy().tolist() for v in var.values] for var in (state.queue, state.pushed, state.pl_window)]
+                 + [[float(a) for a in strategy.experimental_local_results(aligns)]]))
 '''
 
 
@@ -296,9 +300,15 @@ def test_every_replica_keeps_the_global_batch_state():
     done = subprocess.run([sys.executable, '-c', MULTI_REPLICA, ROOT], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    queues, pushed, windows = json.loads(done.stdout.strip().splitlines()[-1])
+    queues, pushed, windows, aligns = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(queues) == len(pushed) == len(windows) == 2  # one copy per replica, the same values
     for queue in queues:  # class 0: (1, 0) then replica 1's (3, 0); class 1: (0, 1); class 2: (0, 2)
         np.testing.assert_array_equal(queue, [[[1, 0], [3, 0]], [[0, 1], [0, 0]], [[0, 2], [0, 0]]])
     assert pushed == [[2, 1, 1]] * 2
     assert windows == [[0, 1, 1]] * 2  # both replicas' pseudo-labels
+    # each replica's loss from its own features: q = softmax(cos((1, 1), C) / 0.05), C = (2, 0), (0, 1), (0, 2)
+    centers = tf.constant([[2., 0], [0, 1], [0, 2]])
+    q = daso.similarity_probs(tf.ones([1, 2]), centers, 0.05)
+    for align, strong in zip(aligns, ([[1., 0]], [[0., 1]])):
+        assert align == pytest.approx(float(daso.alignment_loss(tf.constant(strong), centers, q, 0.05)), rel=1e-5)
+    assert abs(aligns[0] - aligns[1]) > 1
