@@ -245,3 +245,8 @@ class Daso:
             logs['monitors/daso_relabeled'] = self.current.relabeled
         self.current.features, self.current.relabeled = {}, None
         return self.settings.daso_lambda * active * align, logs
+
+    def report_scalars(self) -> dict:
+        """TensorBoard scalars at each evaluation: rho per class (the blend weight of a class predicted by p)."""
+        rho = distribution_weights(self.pl_dist, self.settings.daso_T_dist).numpy()
+        return {f'daso/rho/{k:03d}': float(v) for k, v in enumerate(rho)}

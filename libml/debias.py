@@ -212,10 +212,11 @@ class LabelBias:
         return loss, mean_u
 
     def report_scalars(self, true_label_probs=None) -> dict:
-        """TensorBoard scalars: p_hat and, with --mnar_estimate, the estimated vs true phi."""
+        """TensorBoard scalars: p_hat and, with --mnar_estimate, the estimated vs true phi; with --daso its rho."""
+        out = self.daso.report_scalars() if self.daso is not None else {}
         if self.p_hat is None:
-            return {}
-        out = {f'class_distribution/{k:03d}': float(v) for k, v in enumerate(self.p_hat.numpy())}
+            return out
+        out.update({f'class_distribution/{k:03d}': float(v) for k, v in enumerate(self.p_hat.numpy())})
         if self.mnar:
             true = true_label_probs or [None] * self.nclass
             for k, (estimate, truth) in enumerate(zip(self.labeling_probabilities().numpy(), true)):

@@ -168,6 +168,8 @@ def test_state_step_by_step_on_hand_made_features():
     np.testing.assert_array_equal(logits, [[2, 0, 0], [0, 3, 0], [1, 0, 0]])
     np.testing.assert_array_equal(state.pl_window.numpy(), [2, 1, 0])
     assert state.pushed.numpy().tolist() == [3, 3, 0]
+    assert state.report_scalars() == {'daso/rho/000': pytest.approx(2 / 3), 'daso/rho/001': 1.0,
+                                      'daso/rho/002': pytest.approx(1 / 3)}
 
 
 def test_lambda_weighs_the_alignment_loss():
