@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from libml import abc_head
 from libml import darp as darp_lib
+from libml import daso as daso_lib
 from libml import utils
 from libml.settings import Param, at_least
 
@@ -45,6 +46,7 @@ PARAMS = dict(
                '(needs --CAP).'),
     **darp_lib.PARAMS,
     **abc_head.PARAMS,
+    **daso_lib.PARAMS,
 )
 
 
@@ -57,6 +59,11 @@ class Support:
     unlabeled_term: bool = False
     darp: bool = False  # hard pseudo-labels and a confidence mask from the weak view's p, which DARP may replace
     abc: bool = False   # a labeled view and weak and strong unlabeled views in one pass, whose features ABC takes
+
+    @property
+    def daso(self) -> bool:
+        """DASO needs both: the pseudo-label hook DARP uses and the features of one pass ABC takes."""
+        return self.darp and self.abc
 
 
 def check(settings, support: Support, algorithm: str) -> None:
@@ -73,12 +80,15 @@ def check(settings, support: Support, algorithm: str) -> None:
              ('darp', s.get('darp'), support.darp, 'pseudo-labels of a confidence threshold taken from the weak '
               'view\'s prediction', 'fixmatch.py, flexmatch.py, pseudo_label.py'),
              ('abc', s.get('abc'), support.abc, 'a labeled view and weak and strong unlabeled views in one forward '
-              'pass', 'fixmatch.py, flexmatch.py')]
+              'pass', 'fixmatch.py, flexmatch.py'),
+             ('daso', s.get('daso'), support.daso, 'hard pseudo-labels from the weak view\'s prediction and weak and '
+              'strong unlabeled views in one forward pass', 'fixmatch.py, flexmatch.py')]
     for name, wanted, available, what, examples in needs:
         if wanted and not available:
             raise utils.UserError(f'--{name} needs {what}, which {algorithm} does not have; use it with an algorithm '
                                   f'that has (e.g. {examples})')
     darp_lib.check(s)
+    daso_lib.check(s)
     if s.CADR and not s.CAP:
         raise utils.UserError('--CADR needs --CAP (its correction is weighted by the propensities); add --CAP')
     if s.CADR and (s.debiased or s.mnar_estimate != 'none'):
@@ -100,6 +110,7 @@ class LabelBias:
         self.n_total = float(n_total)
         self.p_hat = None
         self.darp = None
+        self.daso = None  # --daso: the trainer's daso.Daso (it needs the model), set after build
         if settings.get('darp'):
             self.darp = darp_lib.Darp(settings, self.labeled_counts, n_unlabeled, nclass,
                                       darp_lib.warmup_steps(settings, kimg_to_steps))
@@ -129,8 +140,11 @@ class LabelBias:
         return {'p_hat': self.p_hat, **state}
 
     def pseudo_logits(self, index: tf.Tensor, logits: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-        """The weak-view logits to pseudo-label the unlabeled images at positions `index` with: `logits`, or
-        with --darp the log of their DARP rows (libml/darp.py; the state is updated)."""
+        """The weak-view logits to pseudo-label the unlabeled images at positions `index` with: `logits`, with
+        --darp the log of their DARP rows (libml/darp.py), with --daso the logits relabeled to DASO's
+        pseudo-labels (libml/daso.py); the state is updated."""
+        if self.daso is not None:
+            return self.daso.pseudo_logits(logits, step)
         if self.darp is None:
             return logits
         return tf.cast(tf.math.log(self.darp.pseudo_probs(index, tf.nn.softmax(logits), step)), logits.dtype)
@@ -198,10 +212,11 @@ class LabelBias:
         return loss, mean_u
 
     def report_scalars(self, true_label_probs=None) -> dict:
-        """TensorBoard scalars: p_hat and, with --mnar_estimate, the estimated vs true phi."""
+        """TensorBoard scalars: p_hat and, with --mnar_estimate, the estimated vs true phi; with --daso its rho."""
+        out = self.daso.report_scalars() if self.daso is not None else {}
         if self.p_hat is None:
-            return {}
-        out = {f'class_distribution/{k:03d}': float(v) for k, v in enumerate(self.p_hat.numpy())}
+            return out
+        out.update({f'class_distribution/{k:03d}': float(v) for k, v in enumerate(self.p_hat.numpy())})
         if self.mnar:
             true = true_label_probs or [None] * self.nclass
             for k, (estimate, truth) in enumerate(zip(self.labeling_probabilities().numpy(), true)):

@@ -93,8 +93,14 @@ class Step:
         proximity = None
         if t.cta:  # scored by the EMA model before this step's update
             proximity = cta.proximity(tf.nn.softmax(t.classify_ema(batch[keys.PROBE])), batch[keys.LABEL])
+        daso = getattr(t, 'daso', None)
         with tf.GradientTape() as tape:
+            if daso is not None:  # --daso: the labeled batch's EMA features into the queue, before the loss (USB)
+                daso.push(batch[keys.X], batch[keys.LABEL])
             loss, logs = t.algorithm.loss(batch, step)
+            if daso is not None:  # its semantic alignment loss, from the features of the method's pass
+                align, daso_logs = daso.loss(step)
+                loss, logs = loss + align, {**logs, **daso_logs}
             l2 = state_lib.weight_l2(t.decay_variables)
             total = loss + self.settings.wd * l2 if self.settings.optimizer == 'sgd' else loss
             scaled = t.optimizer.scale_loss(total / self.replicas)

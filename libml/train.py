@@ -25,6 +25,7 @@ import cta
 from libml import abc_head
 from libml import checkpoints
 from libml import data
+from libml import daso as daso_lib
 from libml import debias
 from libml import devices
 from libml import finetune
@@ -122,11 +123,13 @@ class Algorithm:
         """Logits of several image batches through ONE forward pass (shared batch-norm statistics).
 
         update_bn=False runs in training mode without updating the batch-norm moving statistics.
-        features=True (with --abc; training, update_bn): also the pooled features, (logits list, features list)."""
+        features=True (with --abc or --daso; training, update_bn): also the pooled features, (logits list, features
+        list)."""
         images = tf.concat(parts, 0)
         sizes = [tf.shape(p)[0] for p in parts]
-        if features and getattr(self.trainer, 'abc', None) is not None:
-            logits, pooled = self.trainer.abc.features_model(images, training=training)
+        features_model = self.features_model()
+        if features and features_model is not None:
+            logits, pooled = features_model(images, training=training)
             return tf.split(logits, sizes, 0), tf.split(pooled, sizes, 0)
         if update_bn or not training:
             logits = self.trainer.model(images, training=training)
@@ -137,13 +140,23 @@ class Algorithm:
         logits = tf.split(logits, sizes, 0)
         return (logits, [None] * len(parts)) if features else logits
 
+    def features_model(self):
+        """The model that also returns the pooled features (--abc, --daso), None without."""
+        for addon in (getattr(self.trainer, 'abc', None), getattr(self.trainer, 'daso', None)):
+            if addon is not None:
+                return addon.features_model
+        return None
+
     def forward_views(self, batch: dict, *names: str, features: bool = False, **kwargs):
         """{name: logits} of the named views present in `batch`, through ONE forward pass; features=True:
-        ({name: logits}, {name: pooled features (None without --abc)})."""
+        ({name: logits}, {name: pooled features (None without --abc or --daso)}); --daso reads them."""
         present = [name for name in names if name in batch]
         out = self.forward(*(batch[name] for name in present), features=features, **kwargs)
         if features:
-            return dict(zip(present, out[0])), dict(zip(present, out[1]))
+            pooled = dict(zip(present, out[1]))
+            if getattr(self.trainer, 'daso', None) is not None:
+                self.trainer.daso.observe(pooled)
+            return dict(zip(present, out[0])), pooled
         return dict(zip(present, out))
 
     def balanced_head_loss(self, features: dict, batch: dict, step):
@@ -224,8 +237,13 @@ class Trainer:
                                          n_unlabeled=len(self.data.unlabeled), kimg_to_steps=self.kimg_to_steps)
             self.abc = abc_head.BalancedHead(settings, self.model, self.data.labeled.labels, self.data.nclass,
                                              self.steps_total) if settings.get('abc') else None
+            self.daso = daso_lib.Daso(settings, self.model, self.data.nclass,
+                                      daso_lib.warmup_steps(settings, self.kimg_to_steps),
+                                      self.ema_averages) if settings.get('daso') else None
+            self.bias.daso = self.daso
             self.algorithm = algorithm_cls(self)
-            algorithm_state = {**self.bias.build(), **(self.abc.build() if self.abc else {}), **self.algorithm.build()}
+            algorithm_state = {**self.bias.build(), **(self.abc.build() if self.abc else {}),
+                               **(self.daso.build() if self.daso else {}), **self.algorithm.build()}
             extra = self.algorithm.extra_trainable_variables() + (self.abc.trainable_variables() if self.abc else [])
             self.trainable = self.model.trainable_variables + extra
             self.decay_variables += [v for v in extra if v.path.endswith('kernel')]
@@ -254,6 +272,10 @@ class Trainer:
     def kimg_to_steps(self, kimg: float) -> int:
         """Steps that train on `kimg` thousand (1024) labeled images."""
         return int(round(kimg * 1024 / self.settings.batch))
+
+    def ema_averages(self):
+        """{id(trained variable): its EMA average}, None without EMA."""
+        return {id(v): a for v, a in zip(self.trainable, self.ema.averages)} if self.ema else None
 
     def classify_ema(self, images, training: bool = False):
         """Logits of the EMA weights (raw weights when --ema=0); see state.classify."""

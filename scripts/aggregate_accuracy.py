@@ -6,8 +6,9 @@
 A run is a folder holding args.json and stats/epochs.jsonl. Runs are grouped by dataset (the split
 seed removed: cifar10_LT_20.1@20-1 and .2@20-1 are the same setting) and by run name (algorithm and
 its non-default settings). Each cell is the mean +- standard deviation over the seeds of the
-median of the last 20 epochs (the papers' metric) of: EMA test accuracy, geometric mean of the
-per-class accuracies, worst-class accuracy and test cross-entropy.
+median of the last 20 epochs (the papers' metric) of: EMA test accuracy, balanced accuracy (the mean of the
+per-class accuracies), geometric mean of the per-class accuracies, worst-class accuracy and test
+cross-entropy (libml/metrics.py). A metric a run did not record (an older run) shows as n/a.
 """
 import collections
 import os
@@ -21,8 +22,8 @@ from libml import stats  # noqa: E402
 from libml import utils  # noqa: E402
 
 FLAGS = flags.FLAGS
-COLUMNS = (('accuracy', 'accuracy %'), ('gm_accuracy', 'GM accuracy %'), ('worst_class_accuracy', 'worst class %'),
-           ('cross_entropy', 'test CE'))
+COLUMNS = (('accuracy', 'accuracy %'), ('balanced_accuracy', 'balanced accuracy %'), ('gm_accuracy', 'GM accuracy %'),
+           ('worst_class_accuracy', 'worst class %'), ('cross_entropy', 'test CE'))
 
 
 def define_flags():
@@ -45,9 +46,18 @@ def setting_of(run_dir):
 
 
 def run_summary(run_dir):
-    """{metric: median of the last 20 epochs} of one run."""
+    """{metric: median of the last 20 epochs, None when the run's epochs lack it} of one run."""
     epochs = stats.read_epochs(run_dir)
-    return {metric: stats.last_medians(stats.metric_values(epochs, metric))['last20'] for metric, _ in COLUMNS}
+    recorded = lambda metric: all(metric in e.get('ema/test', {}) for e in epochs)  # noqa: E731
+    return {metric: stats.last_medians(stats.metric_values(epochs, metric))['last20'] if recorded(metric) else None
+            for metric, _ in COLUMNS}
+
+
+def cell(values):
+    """(mean, std, seeds) of one metric over the seeds; (None, None, seeds) when a run lacks it."""
+    if any(v is None for v in values):
+        return None, None, len(values)
+    return float(np.mean(values)), float(np.std(values)), len(values)
 
 
 def aggregate(folders):
@@ -55,8 +65,7 @@ def aggregate(folders):
     groups = collections.defaultdict(list)
     for run_dir in sorted(find_runs(folders)):
         groups[setting_of(run_dir)].append(run_summary(run_dir))
-    return {key: {m: (float(np.mean([r[m] for r in runs])), float(np.std([r[m] for r in runs])), len(runs))
-                  for m, _ in COLUMNS} for key, runs in sorted(groups.items())}
+    return {key: {m: cell([r[m] for r in runs]) for m, _ in COLUMNS} for key, runs in sorted(groups.items())}
 
 
 def markdown(table):
@@ -64,7 +73,7 @@ def markdown(table):
              '|---|---|---|' + '---|' * len(COLUMNS)]
     for (dataset, run), cells in table.items():
         seeds = next(iter(cells.values()))[2]
-        values = ' | '.join(f'{mean:.2f} +- {std:.2f}' for mean, std, _ in cells.values())
+        values = ' | '.join('n/a' if mean is None else f'{mean:.2f} +- {std:.2f}' for mean, std, _ in cells.values())
         lines.append(f'| {dataset} | {run} | {seeds} | {values} |')
     return '\n'.join(lines) + '\n'
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Runs the experiments of the CADR and DeFixMatch tables for one dataset, then aggregates them.
+"""Runs the experiments of the CADR, DeFixMatch and class-imbalanced tables for one dataset, then aggregates them.
 
   python scripts/run_paper_tables.py cifar10 --seeds=1,2,3,4,5                 # the papers' settings
   python scripts/run_paper_tables.py fashion_mnist --seeds=1,2 --extra='--local --train_kimg=6'
@@ -12,8 +12,21 @@ cadr        CADR protocol (Hu et al., ICLR 2022): every long-tailed labeled sett
 defixmatch  DeFixMatch table (Schmutz et al., ICLR 2023): 4000 labels (CIFAR-100: 10000), supervised
             term on a weak and a strong view; complete case (wu=0), FixMatch (wu=0.5) and DeFixMatch
             (wu=0.5, debiased).
+imbalanced  USB's classic_cv_imb protocol (targets <base>_IMB_<gamma>_U<M1>_<gamma_u>): N1 = 1500 labels at
+            gamma 100 with M1 = 3000 unlabeled at gamma_u = 100 (same profile) and -100 (reversed), and gamma =
+            gamma_u = 150 (CIFAR-100: N1 150, M1 300, gammas 10, -10 and 15); WRN-28-2, batch 64, uratio 2,
+            constant lr 0.03, 256 x 1024 steps (train_kimg 16384). Variants: supervised (fully_supervised.py on the
+            labeled split), FixMatch, +DARP, +CReST (6 generations), +CReST+, +ABC, +DASO (CIFAR-100 reversed:
+            --daso_T_dist=0.3, USB's config), +CADR. The paper command of one cell (CIFAR-10, gamma 100,
+            reversed unlabeled set, +DASO, seed 1):
+              python fixmatch.py --dataset=cifar10_IMB_100_U3000_-100.1@1500-1 --lr=0.03 --lr_schedule=constant \
+                --train_kimg=16384 --uratio=2 --daso --nobaseline --train_dir=./experiments/paper_tables/imbalanced
+            The CPU budget on Fashion-MNIST (same protocol, the --local model and schedule):
+              python scripts/run_paper_tables.py fashion_mnist --tables=imbalanced --seeds=1 \
+                --extra='--local --train_kimg=16'
 Runs that already finished are skipped (a run resumes from its checkpoint). The tables are written
-by scripts/aggregate_accuracy.py to <train_dir>/<table>.md.
+by scripts/aggregate_accuracy.py to <train_dir>/<table>.md (accuracy, balanced accuracy, GM accuracy,
+worst-class accuracy, test cross-entropy).
 """
 import os
 import shlex
@@ -25,10 +38,15 @@ from libml import utils  # noqa: E402
 from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-TABLES = ('cadr', 'defixmatch')
+TABLES = ('cadr', 'defixmatch', 'imbalanced')
 CADR_VARIANTS = (('FixMatch', ''), ('+CAP', '--CAP'), ('+CAI', '--CAI'), ('+CAP+CAI+CADR', '--CAP --CAI --CADR'))
 DEFIXMATCH_VARIANTS = (('complete case', '--sup_strong --wu=0'), ('FixMatch', '--sup_strong --wu=0.5'),
                        ('DeFixMatch', '--sup_strong --wu=0.5 --debiased'))
+IMBALANCED_VARIANTS = (('supervised', 'fully_supervised.py', ''), ('FixMatch', 'fixmatch.py', ''),
+                       ('+DARP', 'fixmatch.py', '--darp'), ('+CReST', 'fixmatch.py', '--crest=6'),
+                       ('+CReST+', 'fixmatch.py', '--crest=6 --crest_plus'), ('+ABC', 'fixmatch.py', '--abc'),
+                       ('+DASO', 'fixmatch.py', '--daso'), ('+CADR', 'fixmatch.py', '--CAP --CAI --CADR'))
+IMBALANCED_SCHEDULE = '--lr=0.03 --lr_schedule=constant --train_kimg=16384'  # 256 x 1024 steps of 64
 
 
 def define_flags():
@@ -65,6 +83,26 @@ def defixmatch_commands(dataset, seeds, train_dir, extra):
                    f'--nobaseline --train_dir={train_dir}/defixmatch {extra}')
 
 
+def imbalanced_settings(dataset):
+    """(N1, M1, ((gamma, gamma_u), ...)) of USB's classic_cv_imb protocol."""
+    if dataset == 'cifar100':
+        return 150, 300, ((10, 10), (10, -10), (15, 15))
+    return 1500, 3000, ((100, 100), (100, -100), (150, 150))
+
+
+def imbalanced_commands(dataset, seeds, train_dir, extra):
+    labeled, unlabeled, settings = imbalanced_settings(dataset)
+    for gamma, ugamma in settings:
+        target = f'{dataset}_IMB_{gamma}_U{unlabeled}_{ugamma}'
+        for seed in seeds:
+            for _, script, variant in IMBALANCED_VARIANTS:
+                uratio = '' if script == 'fully_supervised.py' else ' --uratio=2'  # no unlabeled images
+                if variant == '--daso' and dataset == 'cifar100' and ugamma < 0:
+                    variant += ' --daso_T_dist=0.3'  # USB's config of the reversed CIFAR-100 setting
+                yield (f'python {script} --dataset={target}.{seed}@{labeled}-1 {IMBALANCED_SCHEDULE}{uratio} '
+                       f'{variant} --nobaseline --train_dir={train_dir}/imbalanced {extra}')
+
+
 def run(command, dry_run):
     command = ' '.join(command.split())
     print(command, flush=True)
@@ -74,13 +112,13 @@ def run(command, dry_run):
 
 def main(argv):
     if len(argv) != 2:
-        raise utils.UserError('usage: run_paper_tables.py DATASET [--seeds=1,2,3] [--tables=cadr,defixmatch]')
+        raise utils.UserError('usage: run_paper_tables.py DATASET [--seeds=1,2,3] [--tables=cadr,defixmatch,imbalanced]')
     dataset = argv[1]
     unknown = sorted(set(FLAGS.tables) - set(TABLES))
     if unknown:
         raise utils.UserError(f'unknown table(s) {", ".join(unknown)}; choose among {", ".join(TABLES)}')
     train_dir = os.path.abspath(FLAGS.train_dir)
-    makers = dict(cadr=cadr_commands, defixmatch=defixmatch_commands)
+    makers = dict(cadr=cadr_commands, defixmatch=defixmatch_commands, imbalanced=imbalanced_commands)
     try:
         for table in FLAGS.tables:
             for command in makers[table](dataset, FLAGS.seeds, train_dir, FLAGS.extra):

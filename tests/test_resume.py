@@ -133,6 +133,11 @@ ALGORITHMS = {
     # issue 22's fine-tuning: torch's AdamW, per-layer learning rates, a warm-up of 8 steps (ends at the resume)
     'finetune': ('fixmatch.FixMatch', dict(optimizer='adamw', lr=0.002, wd=0.05, layer_decay=0.5,
                                            lr_warmup_kimg=0.125)),
+    # queue (4 per class: wraps), pushed, pl_dist and pl_window: DASO from step 4, windows closing after steps 2, 5,
+    # 8, 11, 14 (the resume from 8 starts a new one)
+    'daso': ('fixmatch.FixMatch', dict(daso=True, daso_warmup_kimg=0.0625, daso_every=3, daso_queue=4)),
+    'flexmatch_daso': ('flexmatch.FlexMatch', dict(daso=True, daso_warmup_kimg=0.0625, daso_every=3, daso_queue=4,
+                                                   CAI=True)),
 }
 
 
