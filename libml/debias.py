@@ -1,5 +1,6 @@
 """Label-bias corrections as add-ons any algorithm can take: DeSSL, the MNAR moment estimate, CAP,
-CAI and CADR.
+CAI and CADR; and the flags and checks of the class-imbalanced add-ons DARP (libml/darp.py), ABC
+(libml/abc_head.py) and CReST (libml/crest.py; CReST+ aligns the pseudo-labels through `pseudo_logits`).
 
 An algorithm declares what it has (`Support`): a confidence threshold (CAI applies), a plain
 per-sample labeled cross-entropy (CAP applies) and a per-sample unlabeled term H that can also be

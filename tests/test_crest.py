@@ -28,6 +28,7 @@ from test_resume import SHORT, op_determinism, tiny_data, tiny_data_root  # noqa
 from test_train import trained_state
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import aggregate_accuracy  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
 
 
@@ -208,6 +209,7 @@ def test_crest_plus_run_learns_and_resumes_in_its_generation(tiny_data, tmp_path
                               trained_state(gen0)['algorithm/crest_p_model/.ATTRIBUTES/VARIABLE_VALUE'])
     # the run directory is the last generation's: evaluate.py gives the run's accuracy
     assert evaluate_script.evaluate(top)['accuracy'] == pytest.approx(straight['accuracy'], abs=1e-6)
+    assert list(aggregate_accuracy.find_runs([str(tmp_path / 'a')])) == [top]  # one run, not one per generation
 
     # Stopped in generation 1 at step 40 (its last checkpoint: 32), then resumed: generation 0 is not redone.
     check = train.Trainer.check_finite
