@@ -60,7 +60,8 @@ def check(settings) -> None:
     if not s.get('crest'):
         return
     for name, why in (('darp', 'both rebalance the pseudo-labels of a long tail'),
-                      ('abc', 'the ABC head is not what labels CReST\'s selection'),
+                      ('abc', 'both rebalance the long tail; CReST labels its selection with the main head, '
+                       'not ABC\'s'),
                       ('debiased', 'DeSSL assumes labels missing at random, which the selected pseudo-labels are '
                        'not')):
         if s.get(name):

@@ -376,8 +376,8 @@ def train_generations(algorithm_cls, settings) -> dict:
     top_lock = None
     try:
         while True:
-            logging.info('CReST generation %d of %d', generation.index + 1, generation.count)
             trainer = Trainer(algorithm_cls, settings, generation)
+            logging.info('CReST generation %d of %d in %s', generation.index + 1, generation.count, trainer.run_dir)
             if top_lock is None and not generation.last:  # the run directory: args.json, locked while it trains
                 top_lock = rundir.open_run(top, settings, name, trainer.is_chief)
             result = trainer.train()

@@ -1,7 +1,8 @@
 """CReST and CReST+: the per-class selection counts and the chosen images by hand (a non-head class 0), the
 t_g schedule and the alignment values by hand, one-line refusals, the labeled set of a generation, and a tiny
 long-tailed FixMatch --crest=2 --crest_plus run that learns, whose generation files check against a
-recomputation, and which, stopped in generation 1 and resumed, ends with the same bits."""
+recomputation, and which, stopped in generation 1 and resumed, ends with the same bits (and relabels the
+same selection when generation 0's file is missing)."""
 import json
 import os
 import shutil
@@ -167,7 +168,8 @@ def test_a_generation_labeled_set_is_the_labeled_rows_then_the_selection(tiny_da
     np.testing.assert_array_equal(extended.labeled.labels, np.concatenate([data.labeled.labels, [9, 1, 1]]))
     assert len(extended.unlabeled) == len(data.unlabeled) and len(data.labeled) == n  # they stay unlabeled too
     with pytest.raises(utils.UserError, match='corrupt CReST selection of generation 0 .* delete it'):
-        crest.Generation(1, 2, None, dict(positions=[len(data.unlabeled)], labels=[0], p_model=None)).training_data(data)
+        bad = dict(positions=[len(data.unlabeled)], labels=[0], p_model=None)
+        crest.Generation(1, 2, None, bad).training_data(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def test_crest_plus_run_learns_and_resumes_in_its_generation(tiny_data, tmp_path
     gen0 = os.path.join(top, 'crest', 'gen_0')
     first = [json.loads(line) for line in open(os.path.join(gen0, 'stats', 'epochs.jsonl'))][-1]
     print('generation 0:', first['accuracy'], 'generation 1:', straight['accuracy'])
-    assert straight['step'] == 64 and first['step'] == 64 and trained_state(gen0)['step/.ATTRIBUTES/VARIABLE_VALUE'] == 64
+    assert straight['step'] == first['step'] == trained_state(gen0)['step/.ATTRIBUTES/VARIABLE_VALUE'] == 64
     assert first['accuracy'] >= 20 and straight['accuracy'] >= 20  # 10 classes: chance is 10% (here 24% and 20%)
     with open(crest.selection_path(top, 0)) as f:
         selection = json.load(f)
@@ -242,4 +244,11 @@ def test_crest_plus_run_learns_and_resumes_in_its_generation(tiny_data, tmp_path
         different = sorted(name for name in expected if not np.array_equal(expected[name], got[name]))
         assert not different, different
     assert resumed['accuracy'] == straight['accuracy']
+    # killed after generation 0's last checkpoint, before its selection was written: it labels again, the same
+    os.remove(crest.selection_path(top, 0))
+    built.clear()
+    again = fixmatch.FixMatch.run(**RUN, train_dir=str(tmp_path / 'a'))
+    assert built == [0, 1] and again['accuracy'] == straight['accuracy']
+    with open(crest.selection_path(top, 0)) as f:
+        assert json.load(f) == selection
     shutil.rmtree(tmp_path / 'a')
