@@ -66,6 +66,10 @@ def check(settings) -> None:
                        'not')):
         if s.get(name):
             raise utils.UserError(f'--crest does not combine with --{name} ({why}); drop one of them')
+    if s.get('mnar_estimate', 'none') != 'none':
+        raise utils.UserError('--crest does not combine with --mnar_estimate (its moment estimate counts the labeled '
+                              'images among the training images, where the selected ones would count twice); drop '
+                              'one of them')
 
 
 # ---------------------------------------------------------------------------------------------

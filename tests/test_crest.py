@@ -129,7 +129,8 @@ def test_refusals_are_one_line():
              (fixmatch.FixMatch, dict(crest_plus=True), '--crest_plus aligns .* add --crest=G'),
              (fixmatch.FixMatch, dict(crest=2, darp=True), '--crest does not combine with --darp'),
              (fixmatch.FixMatch, dict(crest=2, abc=True), '--crest does not combine with --abc'),
-             (fixmatch.FixMatch, dict(crest=2, debiased=True), '--crest does not combine with --debiased')]
+             (fixmatch.FixMatch, dict(crest=2, debiased=True), '--crest does not combine with --debiased'),
+             (uda.UDA, dict(crest=2, mnar_estimate='moment'), '--crest does not combine with --mnar_estimate')]
     for cls, settings, message in cases:
         with pytest.raises(utils.UserError, match=message) as e:
             check(cls, **settings)
