@@ -203,10 +203,28 @@ class SSLData:
                                   f'use a machine with more memory')
         return dataclasses.replace(self, labeled=self.unlabeled.take(np.flatnonzero(self.unlabeled.labels >= 0)))
 
+    def with_pseudo_labels(self, positions, labels):
+        """This dataset with the unlabeled images at `positions` added to the labeled set, after its own rows,
+        with the given labels (CReST's selection, libml/crest.py); they stay in the unlabeled set."""
+        positions, labels = np.asarray(positions, np.int64), np.asarray(labels, np.int64)
+        if isinstance(self.unlabeled, StreamedSubset):
+            raise utils.UserError(f'{self.name}: adding pseudo-labeled images to the labeled set needs the unlabeled '
+                                  f'images in memory; use a machine with more memory')
+        bad = len(positions) != len(labels) or (len(positions) and (
+            positions.min() < 0 or positions.max() >= len(self.unlabeled) or labels.min() < 0
+            or labels.max() >= self.nclass))
+        if bad:
+            raise ValueError(f'{len(positions)} positions in [0, {len(self.unlabeled)}) and {len(labels)} labels in '
+                             f'[0, {self.nclass}) expected')
+        extra = self.unlabeled.take(positions)
+        with tf.device('/cpu:0'):
+            images = tf.concat([self.labeled.images, extra.images], 0)
+        return dataclasses.replace(self, labeled=Subset(images, np.concatenate([self.labeled.labels, labels])))
+
     def eval_dataset(self, split, batch=256, limit=0):
-        """(float32 images in [-1, 1], int64 labels) batches of 'test', 'valid' or 'train_labeled'; with
-        `limit` > 0 only its first `limit` images."""
-        subset = dict(test=self.test, valid=self.valid, train_labeled=self.labeled)[split]
+        """(float32 images in [-1, 1], int64 labels) batches of 'test', 'valid', 'train_labeled' or 'unlabeled'
+        (in its order; held in memory); with `limit` > 0 only its first `limit` images."""
+        subset = dict(test=self.test, valid=self.valid, train_labeled=self.labeled, unlabeled=self.unlabeled)[split]
         images, labels = (subset.images[:limit], subset.labels[:limit]) if limit else (subset.images, subset.labels)
         ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
         return ds.map(lambda x, y: (to_unit_range(tf.cast(x, tf.float32) / 255), y), AUTOTUNE).prefetch(AUTOTUNE)

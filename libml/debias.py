@@ -1,5 +1,6 @@
 """Label-bias corrections as add-ons any algorithm can take: DeSSL, the MNAR moment estimate, CAP,
-CAI and CADR.
+CAI and CADR; and the flags and checks of the class-imbalanced add-ons DARP (libml/darp.py), ABC
+(libml/abc_head.py) and CReST (libml/crest.py; CReST+ aligns the pseudo-labels through `pseudo_logits`).
 
 An algorithm declares what it has (`Support`): a confidence threshold (CAI applies), a plain
 per-sample labeled cross-entropy (CAP applies) and a per-sample unlabeled term H that can also be
@@ -23,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from libml import abc_head
+from libml import crest as crest_lib
 from libml import darp as darp_lib
 from libml import daso as daso_lib
 from libml import utils
@@ -47,6 +49,7 @@ PARAMS = dict(
     **darp_lib.PARAMS,
     **abc_head.PARAMS,
     **daso_lib.PARAMS,
+    **crest_lib.PARAMS,
 )
 
 
@@ -82,13 +85,18 @@ def check(settings, support: Support, algorithm: str) -> None:
              ('abc', s.get('abc'), support.abc, 'a labeled view and weak and strong unlabeled views in one forward '
               'pass', 'fixmatch.py, flexmatch.py'),
              ('daso', s.get('daso'), support.daso, 'hard pseudo-labels from the weak view\'s prediction and weak and '
-              'strong unlabeled views in one forward pass', 'fixmatch.py, flexmatch.py')]
+              'strong unlabeled views in one forward pass', 'fixmatch.py, flexmatch.py'),
+             ('crest', s.get('crest'), support.threshold, 'pseudo-labels of a confidence threshold to self-train '
+              'on', 'fixmatch.py, flexmatch.py, uda.py, pseudo_label.py'),
+             ('crest_plus', s.get('crest_plus'), support.darp, 'pseudo-labels of a confidence threshold taken from '
+              'the weak view\'s prediction', 'fixmatch.py, flexmatch.py, uda.py, pseudo_label.py')]
     for name, wanted, available, what, examples in needs:
         if wanted and not available:
             raise utils.UserError(f'--{name} needs {what}, which {algorithm} does not have; use it with an algorithm '
                                   f'that has (e.g. {examples})')
     darp_lib.check(s)
     daso_lib.check(s)
+    crest_lib.check(s)
     if s.CADR and not s.CAP:
         raise utils.UserError('--CADR needs --CAP (its correction is weighted by the propensities); add --CAP')
     if s.CADR and (s.debiased or s.mnar_estimate != 'none'):
@@ -102,7 +110,7 @@ class LabelBias:
     correction needs it; the algorithm calls `update` with its weak-view unlabeled logits first."""
 
     def __init__(self, settings, labeled_labels: np.ndarray, n_total: int, nclass: int, n_unlabeled: int = 0,
-                 kimg_to_steps=None):
+                 kimg_to_steps=None, alignment=None):
         self.settings = settings
         self.nclass = nclass
         self.labeled_counts = np.bincount(np.asarray(labeled_labels, np.int64), minlength=nclass)[:nclass]
@@ -111,6 +119,7 @@ class LabelBias:
         self.p_hat = None
         self.darp = None
         self.daso = None  # --daso: the trainer's daso.Daso (it needs the model), set after build
+        self.alignment = alignment  # CReST+ (libml/crest.py)
         if settings.get('darp'):
             self.darp = darp_lib.Darp(settings, self.labeled_counts, n_unlabeled, nclass,
                                       darp_lib.warmup_steps(settings, kimg_to_steps))
@@ -132,7 +141,7 @@ class LabelBias:
 
     def build(self) -> dict:
         """Creates p_hat when tracked and the DARP state; returns the trackables to checkpoint."""
-        state = self.darp.build() if self.darp else {}
+        state = {**(self.darp.build() if self.darp else {}), **(self.alignment.build() if self.alignment else {})}
         if not self.tracks:
             return state
         self.p_hat = tf.Variable(tf.fill([self.nclass], 1.0 / self.nclass), trainable=False, name='p_hat',
@@ -142,12 +151,15 @@ class LabelBias:
     def pseudo_logits(self, index: tf.Tensor, logits: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
         """The weak-view logits to pseudo-label the unlabeled images at positions `index` with: `logits`, with
         --darp the log of their DARP rows (libml/darp.py), with --daso the logits relabeled to DASO's
-        pseudo-labels (libml/daso.py); the state is updated."""
+        pseudo-labels (libml/daso.py), with --crest_plus the log of the aligned p (libml/crest.py); the state
+        is updated."""
         if self.daso is not None:
             return self.daso.pseudo_logits(logits, step)
-        if self.darp is None:
-            return logits
-        return tf.cast(tf.math.log(self.darp.pseudo_probs(index, tf.nn.softmax(logits), step)), logits.dtype)
+        if self.darp is not None:
+            return tf.cast(tf.math.log(self.darp.pseudo_probs(index, tf.nn.softmax(logits), step)), logits.dtype)
+        if self.alignment is not None:
+            return tf.cast(tf.math.log(self.alignment(tf.nn.softmax(logits))), logits.dtype)
+        return logits
 
     def update(self, logits: tf.Tensor) -> None:
         """p_hat <- 0.99 p_hat + 0.01 mean softmax(logits), the mean over the global batch (all replicas).

@@ -9,6 +9,7 @@ pieces live in their own modules:
   step         the compiled step: views, loss, gradients, update, EMA, CTAugment (libml/step.py)
   report       evaluation, TensorBoard, stats/epochs.jsonl (libml/report.py)
   debias       label-bias corrections any algorithm can take (libml/debias.py)
+  crest        CReST generations: `train_generations` runs one Trainer per generation (libml/crest.py)
   rundir       the run directory and its settings (libml/rundir.py)
 The schedule is counted in thousands of labeled images (kimg): train_kimg, report_kimg (one
 "epoch": evaluate + log), save_kimg (checkpoint).
@@ -24,6 +25,7 @@ from absl import logging
 import cta
 from libml import abc_head
 from libml import checkpoints
+from libml import crest
 from libml import data
 from libml import daso as daso_lib
 from libml import debias
@@ -179,8 +181,10 @@ class Algorithm:
 class Trainer:
     """Holds the model, optimizer, EMA, data and run directory of one training run."""
 
-    def __init__(self, algorithm_cls, settings):
+    def __init__(self, algorithm_cls, settings, generation: crest.Generation = None):
+        """`generation`: with --crest, the generation this Trainer trains (its folder, labeled set, length)."""
         self.settings = settings
+        self.generation = generation
         self.params = algorithm_cls.all_params()
         debias.check(settings, algorithm_cls.label_bias, algorithm_cls.__name__)
         if settings.deterministic:
@@ -189,14 +193,19 @@ class Trainer:
         self.is_chief = devices.is_chief(self.strategy)
         self.data = algorithm_cls.adapt_data(data.load(settings.dataset), settings)
         self.run_dir = rundir.run_dir(settings, self.params, algorithm_cls.__name__, str(self.data.name))
+        if generation:  # --crest: its labeled set (+ the previous selection) and its folder
+            self.data = generation.training_data(self.data)
+            self.run_dir = generation.run_dir(self.run_dir)
         rundir.check_settings(self.run_dir, self.params, settings, algorithm_cls.__name__)  # reads only
         replicas = self.strategy.num_replicas_in_sync
         if settings.batch % replicas:
             raise utils.UserError(f'--batch={settings.batch} does not split evenly over {replicas} devices; '
                                   f'use a multiple of {replicas}')
-        self.steps_total = self.kimg_to_steps(settings.train_kimg)
+        generations = generation.count if generation else 1  # --crest: --train_kimg is split over the generations
+        self.steps_total = self.kimg_to_steps(settings.train_kimg / generations)
         if self.steps_total < 1:
-            raise utils.UserError(f'--train_kimg={settings.train_kimg:g} is less than one step of --batch='
+            split = f' split over --crest={generations} generations' if generation else ''
+            raise utils.UserError(f'--train_kimg={settings.train_kimg:g}{split} is less than one step of --batch='
                                   f'{settings.batch} ({settings.batch / 1024:g} kimg); train longer')
         self.steps_report = max(1, self.kimg_to_steps(settings.report_kimg))
         self.step_first_report = self.kimg_to_steps(settings.first_report_kimg)  # 0: none
@@ -234,7 +243,8 @@ class Trainer:
                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.bias = debias.LabelBias(settings, self.data.labeled.labels,
                                          len(self.data.unlabeled) + len(self.data.valid), self.data.nclass,
-                                         n_unlabeled=len(self.data.unlabeled), kimg_to_steps=self.kimg_to_steps)
+                                         n_unlabeled=len(self.data.unlabeled), kimg_to_steps=self.kimg_to_steps,
+                                         alignment=self.generation.alignment() if self.generation else None)
             self.abc = abc_head.BalancedHead(settings, self.model, self.data.labeled.labels, self.data.nclass,
                                              self.steps_total) if settings.get('abc') else None
             self.daso = daso_lib.Daso(settings, self.model, self.data.nclass,
@@ -392,10 +402,36 @@ def baseline_settings(settings) -> dict:
                 report_kimg=settings.train_kimg, save_kimg=settings.train_kimg)
 
 
+def train_generations(algorithm_cls, settings) -> dict:
+    """--crest=G: trains generations g = 0 .. G-1, each a new Trainer on the labeled set plus the selection of
+    the previous one (libml/crest.py), starting at the first generation without a selection file (a killed
+    run resumes there, from its checkpoint); returns the last generation's final metrics."""
+    params, name = algorithm_cls.all_params(), algorithm_cls.__name__
+    top = rundir.run_dir(settings, params, name, str(data.parse_name(settings.dataset)))
+    rundir.check_settings(top, params, settings, name)  # reads only
+    generation = crest.first_generation(top, settings)
+    top_lock = None
+    try:
+        while True:
+            trainer = Trainer(algorithm_cls, settings, generation)
+            logging.info('CReST generation %d of %d in %s', generation.index + 1, generation.count, trainer.run_dir)
+            if top_lock is None and not generation.last:  # the run directory: args.json, locked while it trains
+                top_lock = rundir.open_run(top, settings, name, trainer.is_chief)
+            result = trainer.train()
+            if generation.last:
+                return result
+            with rundir.disk_errors(top):
+                generation = crest.next_generation(trainer, generation, top)
+    finally:
+        if top_lock:
+            top_lock.release()
+
+
 def train_with_baseline(algorithm_cls, settings) -> dict:
-    """Trains; with --baseline also the supervised baseline of the same budget, whose final metrics are
-    returned under 'baseline' (its run directory sits beside the run's)."""
-    result = Trainer(algorithm_cls, settings).train()
+    """Trains (with --crest, its generations); with --baseline also the supervised baseline of the same budget,
+    whose final metrics are returned under 'baseline' (its run directory sits beside the run's)."""
+    result = train_generations(algorithm_cls, settings) if settings.get('crest') else \
+        Trainer(algorithm_cls, settings).train()
     if settings.get('baseline') and algorithm_cls.__name__ != BASELINE_CLASS:
         import importlib
         baseline_cls = getattr(importlib.import_module(BASELINE_MODULE), BASELINE_CLASS)

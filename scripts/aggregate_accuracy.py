@@ -31,11 +31,14 @@ def define_flags():
 
 
 def find_runs(folders):
-    """Run directories (holding args.json and stats/epochs.jsonl) under the folders."""
+    """Run directories (holding args.json and stats/epochs.jsonl) under the folders; not the folders inside a
+    run directory (the earlier generations of a --crest run, <run>/crest/gen_<g>/)."""
     for folder in folders:
-        for root, _, files in os.walk(folder):
-            if 'args.json' in files and os.path.exists(stats.epochs_path(root)):
-                yield root
+        for root, dirs, files in os.walk(folder):
+            if 'args.json' in files:
+                dirs[:] = []
+                if os.path.exists(stats.epochs_path(root)):
+                    yield root
 
 
 def setting_of(run_dir):
