@@ -187,7 +187,7 @@ def check_settings(settings, params: dict) -> None:
         changed = [name for name in ('filters', 'scales', 'repeat')
                    if name in params and settings[name] != params[name].default_for(local)]
         if changed:
-            raise UserError(f'--{changed[0]} shapes the WRN only, and --arch={arch}; drop '
+            raise UserError(f'--{changed[0]} shapes the WRN only, not --arch={arch}; drop '
                             f'{", ".join("--" + n for n in changed)} or use --arch=wrn')
     weights = settings.get('weights', 'none')
     if weights == 'imagenet' and source.kind != 'keras':
