@@ -311,6 +311,28 @@ def test_kerashub_preset_folder_loads_and_trains(fashion_mnist, tmp_path):
     assert evaluate.evaluate(result['run_dir'])['step'] == 4
 
 
+def test_kerashub_feature_maps_and_token_means(tmp_path):
+    """A 4-D ResNet feature map is average-pooled at the asked size; tokens without a class token are averaged."""
+    import keras_hub
+    resnet = keras_hub.models.ResNetBackbone(input_conv_filters=[64], input_conv_kernel_sizes=[3],
+                                             stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 1],
+                                             stackwise_num_strides=[1, 2], block_type='basic_block',
+                                             use_pre_activation=False, image_shape=(None, None, 3))
+    resnet.save_to_preset(str(tmp_path / 'resnet'))
+    model = models.create_model(f'hub:{tmp_path / "resnet"}', 10, (32, 32, 3), input_size=24)
+    assert isinstance(model.get_layer('pool'), keras.layers.GlobalAveragePooling2D)
+    assert tuple(model.get_layer('resize').output.shape) == (None, 24, 24, 3)
+    assert 'input_scaling' not in [layer.name for layer in model.layers]  # no ImageConverter: x as it is
+    assert tuple(model.get_layer('pool').output.shape) == (None, 16)
+    tokens = np.arange(24, dtype=np.float32).reshape(1, 3, 8)
+    np.testing.assert_array_equal(backbones.TokenPooling('mean')(tokens).numpy(), tokens.mean(1))
+    np.testing.assert_array_equal(backbones.TokenPooling('class')(tokens).numpy(), tokens[:, 0])
+    vit = keras_hub.models.ViTBackbone(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=1, hidden_dim=4,
+                                       mlp_dim=8, use_class_token=False)
+    vit.save_to_preset(str(tmp_path / 'vit'))
+    assert models.create_model(f'hub:{tmp_path / "vit"}', 10, (32, 32, 3)).get_layer('pool').mode == 'mean'
+
+
 BUILDER = '''
 import keras
 
