@@ -110,7 +110,8 @@ def is_local_preset(name: str) -> bool:
 
 
 def check_hub_preset(name: str) -> None:
-    """A hub: preset must be a built-in KerasHub preset, an existing folder or a handle with a scheme (kaggle://, hf://)."""
+    """A hub: preset must be a built-in KerasHub preset, an existing folder or a handle with a scheme (kaggle://,
+    hf://)."""
     if is_local_preset(name) or '://' in name:
         return
     import keras_hub

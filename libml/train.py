@@ -243,7 +243,8 @@ class Trainer:
             algorithm_state = {**self.bias.build(), **(self.abc.build() if self.abc else {}), **self.algorithm.build()}
             extra = self.algorithm.extra_trainable_variables() + (self.abc.trainable_variables() if self.abc else [])
             self.trainable = self.model.trainable_variables + extra
-            kernels = models.kernel_ids(*(obj for obj in algorithm_state.values() if isinstance(obj, keras.layers.Layer)))
+            layers = [obj for obj in algorithm_state.values() if isinstance(obj, keras.layers.Layer)]
+            kernels = models.kernel_ids(*layers)  # the algorithm's own heads: their kernels, by identity
             self.decay_variables += [v for v in extra if id(v) in kernels]
             self.optimizer = state_lib.make_optimizer(settings, self.learning_rate, self.trainable,
                                                       self.decay_variables)

@@ -163,7 +163,8 @@ def test_mixed_precision_foreign_model_has_float32_logits():
     keras.mixed_precision.set_global_policy('mixed_float16')
     try:
         model = models.create_model('keras:MobileNetV3Small', 10, (32, 32, 1), input_size=48)
-        assert model.layers[-1].compute_dtype == 'float32' and model.get_layer('input_scaling').compute_dtype == 'float32'
+        assert model.layers[-1].compute_dtype == 'float32'
+        assert model.get_layer('input_scaling').compute_dtype == 'float32'
         assert model.layers[4].compute_dtype == 'float16'  # the backbone
         logits = model(np.zeros((2, 32, 32, 1), np.float32), training=False)
         assert keras.backend.standardize_dtype(logits.dtype) == 'float32' and tuple(logits.shape) == (2, 10)
