@@ -381,14 +381,14 @@ def baseline_settings(settings) -> dict:
 def train_with_baseline(algorithm_cls, settings, model=None) -> dict:
     """Trains; with --baseline also the supervised baseline of the same budget, whose final metrics are
     returned under 'baseline' (its run directory sits beside the run's). `model`: run()'s model= (both runs)."""
-    result = Trainer(algorithm_cls, settings, model).train()
+    result = Trainer(algorithm_cls, settings, model=model).train()
     if settings.get('baseline') and algorithm_cls.__name__ != BASELINE_CLASS:
         import importlib
         baseline_cls = getattr(importlib.import_module(BASELINE_MODULE), BASELINE_CLASS)
         logging.info('The supervised baseline: %s on the labeled images alone, same model and budget',
                      BASELINE_CLASS)
         baseline = settings_lib.resolve(baseline_cls.all_params(), baseline_settings(settings))
-        result['baseline'] = Trainer(baseline_cls, baseline, model).train()
+        result['baseline'] = Trainer(baseline_cls, baseline, model=model).train()
     return result
 
 
