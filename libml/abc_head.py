@@ -68,7 +68,7 @@ def make_head(nclass: int, features: int) -> keras.layers.Dense:
 
 def with_head(model, head) -> keras.Model:
     """A model sharing `model`'s layers whose output is the auxiliary head's logits on the pooled features."""
-    return keras.Model(model.inputs, head(model.get_layer('pool').output), name=model.name + '_abc')
+    return keras.Model(model.inputs, head(models.features_output(model)), name=model.name + '_abc')
 
 
 class BalancedHead:

@@ -13,8 +13,10 @@ Shared conventions:
   a batch norm, so the biases change nothing the network can compute; they are kept for the
   parameter count and a seed-for-seed comparison). ResNet-18 and cnn13 (not in the reference)
   use bias-free convolutions.
-- Weight decay applies to conv and dense kernels only: exactly the variables whose path
-  ends in 'kernel' (see `decay_variables`); never to biases or batch-norm parameters.
+- Weight decay applies to conv and dense kernels only, found by what a variable is: the kernel of a
+  convolution or dense-like layer (see `decay_variables`); never to biases, batch-norm parameters or
+  embeddings.
+Other sources of a model (keras.applications, KerasHub, your own builder): libml/backbones.py.
 """
 import dataclasses
 import math
@@ -209,7 +211,7 @@ def cnn13(nclass, shape, norm, dropout):
 # ----------------------------------------------------------------------------- public API
 
 def create_model(arch, nclass, shape, filters=32, scales=0, repeat=4, sync_bn=False, dropout=0.0,
-                 bn_momentum=BN_MOMENTUM, fused_bn=True):
+                 bn_momentum=BN_MOMENTUM, fused_bn=True, weights='none', input_size=0, archive=None):
     """Builds `arch` for (H, W, C) float32 images in [-1, 1]; returns a keras.Model giving
     float32 logits (N, nclass).
 
@@ -218,26 +220,83 @@ def create_model(arch, nclass, shape, filters=32, scales=0, repeat=4, sync_bn=Fa
     uses cross-replica batch statistics under tf.distribute; bn_momentum is the decay of the
     batch-norm moving statistics. fused_bn=False builds plain Keras batch-norm layers (the same
     variables and results; for a model saved or exported without this package's classes).
+    Any other `arch` (keras:<Name>, hub:<preset>, <module>:<function>, model) is built by
+    libml/backbones.py: `weights` none, imagenet, preset or a file; `input_size` the side the images
+    are resized to inside the model (0: the dataset's); `archive` the bytes of the run's model.keras
+    (arch 'model'). A weights file also loads into a built-in model.
     """
     shape = tuple(int(d) for d in shape)
     norm = Norm(bn_momentum, sync_bn, fused_bn)
     if arch == 'wrn':
         scales = scales or auto_scales(shape)
-        return wrn(nclass, shape, filters, scales, repeat, norm, dropout)
-    if arch == 'resnet18':
-        return resnet18(nclass, shape, norm, dropout)
-    if arch == 'cnn13':
-        return cnn13(nclass, shape, norm, dropout)
-    raise UserError(f'Unknown architecture {arch!r}; valid choices: {", ".join(ARCHS)}.')
+        model = wrn(nclass, shape, filters, scales, repeat, norm, dropout)
+    elif arch == 'resnet18':
+        model = resnet18(nclass, shape, norm, dropout)
+    elif arch == 'cnn13':
+        model = cnn13(nclass, shape, norm, dropout)
+    else:
+        from libml import backbones
+        return backbones.create(backbones.parse(arch), nclass, shape, weights=weights, input_size=input_size,
+                                dropout=dropout, bn_momentum=bn_momentum, sync_bn=sync_bn, archive_bytes=archive)
+    if weights not in ('none', None):
+        from libml import backbones
+        if weights in ('imagenet', 'preset'):
+            raise UserError(f'--weights={weights} does not apply to --arch={arch}; use --weights=none or a file')
+        backbones.load_weights(model, None, weights)
+    return model
+
+
+# Layers with kernels, and the attributes holding them (a Dense/EinsumDense kernel is `_kernel` behind a property).
+KERNEL_LAYERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv1DTranspose,
+                 keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose, keras.layers.DepthwiseConv1D,
+                 keras.layers.DepthwiseConv2D, keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
+                 keras.layers.Dense, keras.layers.EinsumDense)
+KERNEL_ATTRIBUTES = ('_kernel', 'kernel', 'depthwise_kernel', 'pointwise_kernel')
+
+
+def kernel_ids(*objects) -> set:
+    """id() of every kernel variable (the kernel, depthwise or pointwise kernel of a convolution or dense-like
+    layer) of the given layers and models, nested layers included."""
+    found = set()
+    for obj in objects:
+        layers = obj._flatten_layers(include_self=True, recursive=True) if isinstance(obj, keras.layers.Layer) else []
+        for layer in layers:
+            if not isinstance(layer, KERNEL_LAYERS):
+                continue
+            for name in KERNEL_ATTRIBUTES:
+                v = layer.__dict__.get(name)
+                if v is None and name in ('depthwise_kernel', 'pointwise_kernel'):
+                    v = getattr(layer, name, None)
+                if isinstance(v, keras.Variable):
+                    found.add(id(v))
+    return found
 
 
 def decay_variables(model):
-    """The variables weight decay applies to: every conv and dense kernel (no biases, no BN)."""
-    return [v for v in model.trainable_variables if v.path.split('/')[-1] == 'kernel']
+    """The variables weight decay applies to: every trainable conv and dense kernel (no biases, no
+    batch-norm parameters, no embeddings), found by identity through the layers, in the order of
+    model.trainable_variables."""
+    kernels = kernel_ids(model)
+    return [v for v in model.trainable_variables if id(v) in kernels]
+
+
+def features_output(model):
+    """The pooled features (N, F) of `model`: the output of its layer 'pool', else the input of the
+    Dense layer giving its logits; UserError when it has neither."""
+    names = {layer.name for layer in model.layers}
+    if 'pool' in names:
+        return model.get_layer('pool').output
+    last = getattr(model.outputs[0], '_keras_history', None) if getattr(model, 'outputs', None) else None
+    layer = last.operation if last is not None else None
+    if isinstance(layer, keras.layers.Dense) and len(layer._inbound_nodes) == 1:
+        return layer.input
+    raise UserError(f'the model {model.name} has no layer named \'pool\' and does not end in one Dense layer, so '
+                    f'its pooled features are unknown (ReMixMatch, SimMatch and --abc need them); name the layer '
+                    f'giving the features \'pool\'')
 
 
 def with_features(model):
     """A model sharing `model`'s layers (and variables) that returns [logits (N, nclass), pooled
-    features (N, C)]: the features are the output of the layer named 'pool' (global average pooling)."""
-    return keras.Model(model.inputs, [model.outputs[0], model.get_layer('pool').output],
-                       name=model.name + '_features')
+    features (N, C)]: the features are `features_output(model)` (the layer named 'pool', global average
+    pooling in the built-in networks)."""
+    return keras.Model(model.inputs, [model.outputs[0], features_output(model)], name=model.name + '_features')

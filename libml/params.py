@@ -3,6 +3,7 @@ as `Param`s: each is a flag, a keyword argument of `Algorithm.run`, part of the 
 identity=False, and range-checked (`check=`) before anything is written. An algorithm's own
 settings are its `params`; the label-bias add-ons' are `debias.PARAMS`.
 """
+from libml import backbones
 from libml.settings import Param, above, at_least, in_range, non_empty
 
 COMMON = dict(
@@ -13,7 +14,15 @@ COMMON = dict(
     local=Param(False, 'One switch for a small run on a CPU: a narrow, shallow WRN (WRN-10-1), a short schedule, an '
                 'early first evaluation and the supervised baseline of the same budget (the paper settings stay the '
                 'defaults).'),
-    arch=Param('wrn', 'Model architecture.', choices=('wrn', 'resnet18', 'cnn13')),
+    arch=Param('wrn', 'The model: wrn (WRN-28-k), resnet18, cnn13; keras:<Name> (keras.applications, e.g. '
+               'keras:ResNet50V2); hub:<preset or folder> (a KerasHub image backbone); <module>:<function> (your '
+               'builder (nclass, input_shape) -> keras.Model of logits). See README "Bring your own model".',
+               check=backbones.check_arch),
+    weights=Param('none', 'Starting weights: none (random, --seed), imagenet (keras: only), preset (hub: only) or '
+                  'PATH of a .weights.h5 / .keras file of the whole classifier or of the backbone alone.',
+                  check=backbones.check_weights),
+    input_size=Param(0, 'Side in pixels the images are resized to inside the model for a keras: or hub: backbone '
+                     '(0 = the dataset\'s size; a preset of a fixed size takes its own).', check=at_least(0)),
     filters=Param(32, 'WRN width: stage s has filters << s channels (32 = WRN-28-2, 128 = WRN-28-8).', local=16,
                   check=at_least(1)),
     scales=Param(0, 'WRN stages; 0 = ceil(log2(image width)) - 2 (3 at 32 px, 5 at 96 px).', check=at_least(0)),

@@ -192,12 +192,24 @@ def weight_l2(variables: Sequence[tf.Variable]) -> tf.Tensor:
     return tf.add_n([tf.nn.l2_loss(v) for v in variables])
 
 
-def create_model(settings, info: records.DatasetInfo) -> keras.Model:
-    """The run's classifier for the dataset described by `info`."""
+def create_model(settings, info: records.DatasetInfo, archive: bytes = None) -> keras.Model:
+    """The run's classifier for the dataset described by `info` (--arch, --weights, --input_size; libml/backbones.py
+    for the sources other than the built-ins). `archive`: the bytes of the run's model.keras (--arch=model)."""
     return models.create_model(settings['arch'], info.nclass, info.shape, filters=settings['filters'],
                                scales=settings['scales'], repeat=settings['repeat'],
                                bn_momentum=settings['bn_momentum'], sync_bn=settings.get('sync_bn', False),
-                               fused_bn=settings.get('fused_bn', True))
+                               fused_bn=settings.get('fused_bn', True), weights=settings.get('weights', 'none'),
+                               input_size=settings.get('input_size', 0), archive=archive)
+
+
+def run_model_archive(run_dir: str, arch: str):
+    """The bytes of <run_dir>/model.keras for --arch=model (written by Algorithm.run(model=...)), else None."""
+    from libml import backbones
+    path = os.path.join(run_dir, backbones.MODEL_FILE)
+    if arch != backbones.MODEL or not os.path.exists(path):
+        return None
+    with open(path, 'rb') as f:
+        return f.read()
 
 
 def classify(model: keras.Model, ema: 'EMA | None', images: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -216,11 +228,13 @@ def load_ema_model(run_dir: str):
     with --abc gives the model whose output is its auxiliary head's logits (libml/abc_head.py)."""
     saved = utils.read_json(os.path.join(run_dir, 'args.json'), 'run settings (args.json of a run directory)')
     info = records.DatasetInfo.load(targets.recipe_for(targets.parse_name(saved['dataset']).target).base)
-    model = create_model(dict(saved, sync_bn=False, fused_bn=False), info)  # plain Keras layers: exportable
+    # plain Keras layers (exportable); the weights come from the checkpoint: nothing is downloaded or read
+    model = create_model(dict(saved, sync_bn=False, fused_bn=False, weights='none'), info,
+                         archive=run_model_archive(run_dir, saved['arch']))
     head = None
     if saved.get('abc'):  # --abc: the auxiliary head classifies (libml/abc_head.py)
         from libml import abc_head
-        head = abc_head.make_head(info.nclass, model.get_layer('pool').output.shape[-1])
+        head = abc_head.make_head(info.nclass, models.features_output(model).shape[-1])
     trained = model.trainable_variables + (head.trainable_variables if head else [])
     ema = EMA(trained, saved['ema']) if saved['ema'] else None
     tf_dir = os.path.join(run_dir, 'tf')

@@ -24,6 +24,7 @@ from absl import logging
 
 import cta
 from libml import abc_head
+from libml import backbones
 from libml import checkpoints
 from libml import crest
 from libml import data
@@ -90,12 +91,18 @@ class Algorithm:
         return data
 
     @classmethod
-    def run(cls, **settings) -> dict:
+    def run(cls, model=None, **settings) -> dict:
         """Trains with these settings (keyword arguments, same names as the flags) and returns
         the run's final metrics. For notebooks: no flag parsing involved; the progress bar is a notebook
-        widget there and the epoch lines are printed."""
+        widget there and the epoch lines are printed. `model`: your own classifier, a keras.Model (its
+        architecture and starting weights) or a function (nclass, input_shape) -> keras.Model giving logits;
+        it is saved as <run_dir>/model.keras and args.json records arch='model' (libml/backbones.py)."""
         utils.use_short_logs(level=logging.INFO)
-        return train_with_baseline(cls, settings_lib.resolve(cls.all_params(), settings))
+        if model is not None:
+            if settings.get('arch', backbones.MODEL) not in ('wrn', backbones.MODEL):
+                raise utils.UserError(f'run() got both model= and arch={settings["arch"]!r}; give one of them')
+            settings['arch'] = backbones.MODEL
+        return train_with_baseline(cls, settings_lib.resolve(cls.all_params(), settings), model=model)
 
     def standard_views(self, labeled_strong: bool = False):
         """From --augment=L.W.S: labeled X (L), with `labeled_strong` also X_STRONG (S); unlabeled
@@ -181,12 +188,15 @@ class Algorithm:
 class Trainer:
     """Holds the model, optimizer, EMA, data and run directory of one training run."""
 
-    def __init__(self, algorithm_cls, settings, generation: crest.Generation = None):
-        """`generation`: with --crest, the generation this Trainer trains (its folder, labeled set, length)."""
+    def __init__(self, algorithm_cls, settings, generation: crest.Generation = None, model=None):
+        """`generation`: with --crest, the generation this Trainer trains (its folder, labeled set, length).
+        `model`: Algorithm.run's model= (a keras.Model or a builder), for --arch=model."""
         self.settings = settings
         self.generation = generation
         self.params = algorithm_cls.all_params()
         debias.check(settings, algorithm_cls.label_bias, algorithm_cls.__name__)
+        backbones.check_settings(settings, self.params)
+        self.model_source = model
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
         self.strategy = devices.make_strategy(settings.devicenum)  # first: multi-worker collectives start early
@@ -197,6 +207,7 @@ class Trainer:
             self.data = generation.training_data(self.data)
             self.run_dir = generation.run_dir(self.run_dir)
         rundir.check_settings(self.run_dir, self.params, settings, algorithm_cls.__name__)  # reads only
+        self.model_archive = self.saved_model_archive = state_lib.run_model_archive(self.run_dir, settings.arch)
         replicas = self.strategy.num_replicas_in_sync
         if settings.batch % replicas:
             raise utils.UserError(f'--batch={settings.batch} does not split evenly over {replicas} devices; '
@@ -226,6 +237,10 @@ class Trainer:
         self.reporter = report.Reporter(self)
         # Every check passed: only now is the run directory created, locked (chief) and args.json written.
         self.lock = rundir.open_run(self.run_dir, settings, algorithm_cls.__name__, self.is_chief)
+        if self.is_chief and self.model_archive is not None and self.saved_model_archive is None:
+            with rundir.disk_errors(self.run_dir), \
+                    utils.atomic_write(os.path.join(self.run_dir, backbones.MODEL_FILE)) as tmp, open(tmp, 'wb') as f:
+                f.write(self.model_archive)
 
     def build_state(self, algorithm_cls) -> dict:
         """Creates (in the strategy scope) the model, step counters, algorithm, optimizer and EMA;
@@ -235,7 +250,13 @@ class Trainer:
             self.cta = None
             if views.uses_cta(settings.get('augment', 'd.d.d')):
                 self.cta = cta.CTAugment(settings.cta_depth, settings.cta_th, settings.cta_decay)
-            self.model = state_lib.create_model(settings, self.data.info)
+            if self.model_source is not None:  # run(model=...): saved, then rebuilt from the file in this scope
+                self.model_archive = backbones.archive(self.model_source, self.data.nclass, self.data.info.shape)
+                if self.saved_model_archive is not None and \
+                        not backbones.same_variables(self.model_archive, self.saved_model_archive):
+                    raise utils.UserError(f'run directory {self.run_dir} was made with another model= (its '
+                                          f'{backbones.MODEL_FILE} has other variables); choose another --train_dir')
+            self.model = state_lib.create_model(settings, self.data.info, archive=self.model_archive)
             self.decay_variables = models.decay_variables(self.model)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step',
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -256,7 +277,9 @@ class Trainer:
                                **(self.daso.build() if self.daso else {}), **self.algorithm.build()}
             extra = self.algorithm.extra_trainable_variables() + (self.abc.trainable_variables() if self.abc else [])
             self.trainable = self.model.trainable_variables + extra
-            self.decay_variables += [v for v in extra if v.path.endswith('kernel')]
+            layers = [obj for obj in algorithm_state.values() if isinstance(obj, keras.layers.Layer)]
+            kernels = models.kernel_ids(*layers)  # the algorithm's own heads: their kernels, by identity
+            self.decay_variables += [v for v in extra if id(v) in kernels]
             scales = None
             if settings.get('layer_decay', 1.0) != 1.0:  # lr * layer_decay^(D - depth) (libml/finetune.py)
                 scales = finetune.lr_scales(self.model, self.trainable, settings.layer_decay)
@@ -402,7 +425,7 @@ def baseline_settings(settings) -> dict:
                 report_kimg=settings.train_kimg, save_kimg=settings.train_kimg)
 
 
-def train_generations(algorithm_cls, settings) -> dict:
+def train_generations(algorithm_cls, settings, model=None) -> dict:
     """--crest=G: trains generations g = 0 .. G-1, each a new Trainer on the labeled set plus the selection of
     the previous one (libml/crest.py), starting at the first generation without a selection file (a killed
     run resumes there, from its checkpoint); returns the last generation's final metrics."""
@@ -413,7 +436,7 @@ def train_generations(algorithm_cls, settings) -> dict:
     top_lock = None
     try:
         while True:
-            trainer = Trainer(algorithm_cls, settings, generation)
+            trainer = Trainer(algorithm_cls, settings, generation, model=model)
             logging.info('CReST generation %d of %d in %s', generation.index + 1, generation.count, trainer.run_dir)
             if top_lock is None and not generation.last:  # the run directory: args.json, locked while it trains
                 top_lock = rundir.open_run(top, settings, name, trainer.is_chief)
@@ -427,18 +450,19 @@ def train_generations(algorithm_cls, settings) -> dict:
             top_lock.release()
 
 
-def train_with_baseline(algorithm_cls, settings) -> dict:
+def train_with_baseline(algorithm_cls, settings, model=None) -> dict:
     """Trains (with --crest, its generations); with --baseline also the supervised baseline of the same budget,
-    whose final metrics are returned under 'baseline' (its run directory sits beside the run's)."""
-    result = train_generations(algorithm_cls, settings) if settings.get('crest') else \
-        Trainer(algorithm_cls, settings).train()
+    whose final metrics are returned under 'baseline' (its run directory sits beside the run's). `model`:
+    run()'s model= (both runs)."""
+    result = train_generations(algorithm_cls, settings, model) if settings.get('crest') else \
+        Trainer(algorithm_cls, settings, model=model).train()
     if settings.get('baseline') and algorithm_cls.__name__ != BASELINE_CLASS:
         import importlib
         baseline_cls = getattr(importlib.import_module(BASELINE_MODULE), BASELINE_CLASS)
         logging.info('The supervised baseline: %s on the labeled images alone, same model and budget',
                      BASELINE_CLASS)
         baseline = settings_lib.resolve(baseline_cls.all_params(), baseline_settings(settings))
-        result['baseline'] = Trainer(baseline_cls, baseline).train()
+        result['baseline'] = Trainer(baseline_cls, baseline, model=model).train()
     return result
 
 

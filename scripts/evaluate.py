@@ -10,6 +10,8 @@ worst_class_accuracy, gm_accuracy (geometric mean of per-class accuracies, CADR)
 (nats), ece (expected calibration error, 15 bins), per_class, confusion (rows = true class).
 Written to RUN_DIR/stats/evaluation_<dataset>.json, floats rounded to 4 decimals, with the checkpoint
 file evaluated (`checkpoint`), its training step (`step`) and thousands of labeled images (`kimg`).
+Any --arch: the model is rebuilt from args.json (arch, input_size; libml/backbones.py) with no weights downloaded or
+read, the checkpoint gives them; arch=model (Algorithm.run(model=...)) from the run directory's model.keras.
 """
 import os
 import sys

@@ -11,6 +11,9 @@ Fashion-MNIST (N, 28, 28, 1) or (N, 28, 28), padded inside the model with a 2-pi
   probs = model(uint8_images_hw)   # a direct call also takes one-channel images as (N, H, W)
   served = tf.saved_model.load('DIR/saved_model'); probs = served.serve(uint8_images)
   probs = served.serve_hw(uint8_images_hw)   # one-channel datasets: (N, H, W)
+Any --arch (libml/backbones.py): the model resizes and scales the images itself, so the export takes the same raw
+images; a keras: or hub: model.keras holds the registered layers of libml/backbones.py (import it, and keras_hub for
+hub:, before keras.models.load_model).
 """
 import os
 import shutil

@@ -123,7 +123,7 @@ def test_settings_local_defaults_names_and_errors():
         'FixMatch_lr0.05_wu0'
     with pytest.raises(utils.UserError, match='unknown setting.*nonsense'):
         settings_lib.resolve(params, dict(nonsense=1))
-    with pytest.raises(utils.UserError, match="--arch='vgg' is not one of wrn"):
+    with pytest.raises(utils.UserError, match="--arch='vgg' is not a model source; use wrn"):
         settings_lib.resolve(params, dict(arch='vgg'))
 
 
