@@ -235,9 +235,9 @@ def test_crest_plus_run_learns_and_resumes_in_its_generation(tiny_data, tmp_path
     built = []
     init = train.Trainer.__init__
 
-    def recording(self, cls, settings, generation=None):
+    def recording(self, cls, settings, generation=None, model=None):
         built.append(generation.index)
-        init(self, cls, settings, generation)
+        init(self, cls, settings, generation, model=model)
     monkeypatch.setattr(train.Trainer, '__init__', recording)
     resumed = fixmatch.FixMatch.run(**RUN, train_dir=str(tmp_path / 'b'))
     assert built == [1] and resumed['step'] == 64
