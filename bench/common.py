@@ -20,6 +20,8 @@ def images_per_step():
 
 def fixmatch_trainer(train_dir, **overrides):
     """A FixMatch Trainer with the benchmark's flags plus `overrides` (any training setting)."""
-    values = dict(dataset=FLAGS.dataset, train_dir=train_dir, filters=FLAGS.filters, repeat=FLAGS.repeat,
-                  batch=FLAGS.batch, uratio=FLAGS.uratio, augment=FLAGS.augment, **overrides)
+    values = dict(dataset=FLAGS.dataset, train_dir=train_dir, batch=FLAGS.batch, uratio=FLAGS.uratio,
+                  augment=FLAGS.augment, **overrides)
+    if values.get('arch', 'wrn') == 'wrn':  # --filters and --repeat shape the WRN only (refused for other models)
+        values.update(filters=FLAGS.filters, repeat=FLAGS.repeat)
     return train.Trainer(fixmatch.FixMatch, settings.resolve(fixmatch.FixMatch.all_params(), values))

@@ -15,6 +15,8 @@ BENCHMARKS = {
     'profile_step.py': (TINY_MODEL + ['--steps=1'], r'^top op types, share of op self time: \S+ [0-9]+%'),
     'input_pipeline.py': (['--batch=4', '--uratio=1', '--steps=2', '--warmup=1', '--repeats=1'],
                           r'^ratio weak-augmented / no-augmentation: [0-9.]+$'),
+    'archs.py': (TINY_MODEL + ['--steps=1', '--repeats=1', '--archs=wrn,vit_ti4', '--input_size=16'],
+                 r'^images/s vs wrn: wrn 1\.00x, vit_ti4 [0-9.]+x$'),
     'accuracy.py': (['--algorithms=FullySupervised,FixMatch', '--labels=40', '--train_kimg=0.064', '--eval_size=500',
                      '--out={tmp}/acc.md'],
                     r'^accuracy / supervised baseline: FixMatch@40 [0-9.]+x$'),
