@@ -2,7 +2,7 @@
 """Every algorithm on Fashion-MNIST with 40 and 250 labels at one fixed budget, same model and seed,
 against the supervised baseline (labeled split only) of the same budget. Writes a markdown table.
 
-  python bench/accuracy.py --train_kimg=4 --ema=0.9 --bn_momentum=0.9   # --local model (2-core CPU: 47 min)
+  python bench/accuracy.py --train_kimg=4 --ema=0.9 --bn_momentum=0.9   # --local model (2-core CPU: 47 min quiet, 52 min shared on 2026-12-07)
   python bench/accuracy.py --train_kimg=1024 --nolocal --out=bench/accuracy_gpu.md   # on a GPU
 
 The budget is the number of labeled images seen (train_kimg thousands), the same for every run;
