@@ -10,9 +10,11 @@ import pytest
 import tensorflow as tf
 
 import adamatch
+import dash
 import fakes
 import fixmatch
 import freematch
+import pseudo_label
 import softmatch
 from fakes import TableModel, rows
 from libml import commands
@@ -172,3 +174,38 @@ def test_the_default_means_are_the_papers():
     assert float(means.labeled(t([1., 3.]), None)) == 2.0
     weighted, mean_u = means.unlabeled(t([1., 2., 6.]))
     assert (float(weighted), float(mean_u)) == (6.0, 3.0)
+
+
+def test_dash_loss_measures_rho_init_then_selects_by_hand():
+    """warm-up 4 steps: step 3 (the last quarter) measures mean_l H into rho_sum; the unlabeled term is off
+    until step 4, where rho = C rho_init (k = 0) selects the weak rows whose own loss H(q, weak) <= rho."""
+    labels = t([0, 1], tf.int64)
+    xe = float(np.mean([-np.log(softmax(TABLE[0])[0]), -np.log(softmax(TABLE[1])[1])]))
+    loss, logs, (rho_sum, rho_count, rho_init) = dash.dash_loss(labels, X, WEAK, STRONG, t(3, tf.int64), t(0.),
+                                                                t(0.), warmup_steps=4, every_steps=2)
+    assert (float(rho_sum), float(rho_count), float(rho_init)) == pytest.approx((xe, 1., xe), rel=1e-6)
+    assert float(loss) == pytest.approx(xe, rel=1e-6) and float(logs['monitors/mask']) == 0
+    # step 4, from rho_sum 0.2 over 1 step: past the window, rho_init 0.2, rho = 0.20002 passes rows 1-3
+    _, logs, (rho_sum, rho_count, rho_init) = dash.dash_loss(labels, X, WEAK, STRONG, t(4, tf.int64), t(0.2), t(1.),
+                                                             warmup_steps=4, every_steps=2, wu=1.0)
+    assert (float(rho_sum), float(rho_count), float(rho_init)) == pytest.approx((0.2, 1., 0.2), rel=1e-6)
+    rho = 1.0001 * 0.2
+    assert float(logs['monitors/rho']) == pytest.approx(rho, rel=1e-6)
+    q = softmax(TABLE[2:6] / 0.5)  # soft targets while rho > 0.05
+    own_loss = -(q * np.log(softmax(TABLE[2:6]))).sum(1)
+    np.testing.assert_array_equal(own_loss <= rho, [False, True, True, True])  # own losses .31, .11, .04, .01
+    assert float(logs['monitors/mask']) == pytest.approx(0.75, rel=1e-6)
+    h = -(q * np.log(softmax(TABLE[6:10]))).sum(1) * (own_loss <= rho)
+    assert float(logs['losses/xeu']) == pytest.approx(h.mean(), rel=1e-5)
+
+
+def test_pseudo_label_loss_ramps_its_unlabeled_term():
+    """r = 0.25: L = xe + 0.25 wu mean_u[1(max p >= tau) H(argmax p, u)] on the one unlabeled view."""
+    labels = t([0, 1], tf.int64)
+    loss, logs = pseudo_label.pseudo_label_loss(labels, X, WEAK, threshold=0.9, wu=2.0, ramp=0.25)
+    p = softmax(TABLE[2:6])
+    h = -np.log(p.max(1)) * (p.max(1) >= 0.9)
+    xe = np.mean([-np.log(softmax(TABLE[0])[0]), -np.log(softmax(TABLE[1])[1])])
+    assert float(logs['monitors/mask']) == pytest.approx(np.mean(p.max(1) >= 0.9))
+    assert float(loss) == pytest.approx(xe + 0.25 * 2.0 * h.mean(), rel=1e-6)
+    assert float(logs['monitors/wu']) == pytest.approx(0.5)
