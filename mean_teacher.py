@@ -64,11 +64,13 @@ class MeanTeacher(train.Algorithm):
         s = self.settings
         logits = cm.separate_views(self, batch, keys.X, keys.U_STRONG, keys.X_STRONG)
         teacher_u = self.teacher_logits(batch[keys.U_WEAK])
-        self.bias.update_probs(tf.nn.softmax(teacher_u))
         h_labeled = consistency_term(s.consistency, self.teacher_logits(batch[keys.X]), logits[keys.X_STRONG]) \
             if self.bias.needs_labeled_term else None
+        # p_hat (CAP, MNAR) steps on the teacher's predictions after the labeled term, before the unlabeled one
+        means = losses.Corrected(self.bias, h_labeled, update_between=lambda: self.bias.update_probs(
+            tf.nn.softmax(teacher_u)))
         return mean_teacher_loss(batch[keys.LABEL], logits[keys.X], teacher_u, logits[keys.U_STRONG], s.wu,
-                                 cm.rampup(self, step), s.consistency, means=losses.Corrected(self.bias, h_labeled))
+                                 cm.rampup(self, step), s.consistency, means=means)
 
 
 def consistency_term(kind, logits_teacher, logits_student):

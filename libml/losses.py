@@ -228,18 +228,22 @@ class Corrected(Means):
     """The means of libml/debias.LabelBias `bias`: its corrected labeled term (CAP, MNAR) and its
     unlabeled term minus the correction computed from the method's unlabeled term on the labeled
     images (DeSSL, MNAR, CADR): `h_on_labeled` (B,), or the method's `term` applied to
-    `views_on_labeled` = (weak logits, strong logits) of the labeled images; None when no correction needs it."""
+    `views_on_labeled` = (weak logits, strong logits) of the labeled images; None when no correction needs it.
+    update_between(): a label-bias state update to run after the labeled term and before the unlabeled one."""
 
-    def __init__(self, bias, h_on_labeled=None, views_on_labeled=None):
+    def __init__(self, bias, h_on_labeled=None, views_on_labeled=None, update_between=None):
         super().__init__(bias.settings.get('wu', 1.0))
         self.bias = bias
         self.h_on_labeled = h_on_labeled
         self.views_on_labeled = views_on_labeled
+        self.update_between = update_between  # Mean Teacher: p_hat's update after the labeled term
 
     def labeled(self, h_labeled, labels):
         return self.bias.labeled(h_labeled, labels)
 
     def unlabeled(self, h_unlabeled, labels=None, term=None, h_on_labeled=None):
+        if self.update_between is not None:
+            self.update_between()
         h_on_labeled = self.h_on_labeled if h_on_labeled is None else h_on_labeled
         if self.views_on_labeled is not None:
             h_on_labeled = term(*self.views_on_labeled)[0]
