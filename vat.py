@@ -81,8 +81,8 @@ class VAT(train.Algorithm):
         logits_x = self.forward(batch[keys.X])[0]
         logits_u = self.logits_no_bn_update(batch[keys.U_WEAK])
         self.bias.update(logits_u)
-        h_labeled = vat_term(self.logits_no_bn_update, batch[keys.X], logits_x, self.direction(
-            batch[keys.X], step, LABELED_STREAM), s.vat_eps, s.vat_xi) if self.bias.needs_labeled_term else None
+        h_labeled = (lambda: vat_term(self.logits_no_bn_update, batch[keys.X], logits_x, self.direction(
+            batch[keys.X], step, LABELED_STREAM), s.vat_eps, s.vat_xi)) if self.bias.needs_labeled_term else None
         return vat_loss(batch[keys.LABEL], logits_x, batch[keys.U_WEAK], logits_u, self.logits_no_bn_update,
                         self.direction(batch[keys.U_WEAK], step, UNLABELED_STREAM), s.vat_eps, s.vat_xi, s.wu,
                         cm.rampup(self, step), s.entmin_weight, logits_x if s.debiased else None,
@@ -106,8 +106,10 @@ def vat_loss(labels, logits_x, images_u, logits_u, logits_fn, direction, eps=6.0
     ~ N(0, I), the power iteration's start; eps, xi L2 norms per image; ramp r(t) on wu (not on the
     entropy); logits_x_entropy: with DeSSL, the labeled logits whose mean entropy is subtracted.
     Returns (L, {losses/xe, losses/xeu, monitors/wu, losses/entropy (with entmin_weight)})."""
-    h_unlabeled = vat_term(logits_fn, images_u, logits_u, direction, eps, xi)
-    loss, logs = losses.ramped_loss(labels, logits_x, h_unlabeled, wu, ramp, means)
+    means = means or losses.Means(wu)
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    unlabeled, mean_u = means.unlabeled(vat_term(logits_fn, images_u, logits_u, direction, eps, xi), labels)
+    loss, logs = xe + ramp * unlabeled, {keys.XE: xe, keys.XEU: mean_u, keys.WU: ramp * wu}
     if entmin_weight:
         entropy_u = tf.reduce_mean(losses.entropy(logits_u))
         entropy = entropy_u if logits_x_entropy is None else entropy_u - tf.reduce_mean(losses.entropy(

@@ -227,7 +227,7 @@ class Means:
 class Corrected(Means):
     """The means of libml/debias.LabelBias `bias`: its corrected labeled term (CAP, MNAR) and its
     unlabeled term minus the correction computed from the method's unlabeled term on the labeled
-    images (DeSSL, MNAR, CADR): `h_on_labeled` (B,), or the method's `term` applied to
+    images (DeSSL, MNAR, CADR): `h_on_labeled` (B,) (or a function giving it), or the method's `term` applied to
     `views_on_labeled` = (weak logits, strong logits) of the labeled images; None when no correction needs it.
     update_between(): a label-bias state update to run after the labeled term and before the unlabeled one."""
 
@@ -245,6 +245,8 @@ class Corrected(Means):
         if self.update_between is not None:
             self.update_between()
         h_on_labeled = self.h_on_labeled if h_on_labeled is None else h_on_labeled
+        if callable(h_on_labeled):  # computed here, after the unlabeled term (VAT: the order of its passes)
+            h_on_labeled = h_on_labeled()
         if self.views_on_labeled is not None:
             h_on_labeled = term(*self.views_on_labeled)[0]
         return self.bias.unlabeled(h_unlabeled, h_on_labeled, labels)
