@@ -15,6 +15,8 @@ USB's form: without the paper's random logit interpolation, its source-only batc
 warm-up of the unlabeled weight (see README).
 Label-bias add-ons: --CAI multiplies c_tau by its per-class factor; --CAP, --CADR, --debiased,
 --mnar_estimate (the term on the labeled images: aligned weak x labels strong x).
+Pure loss, for any training loop: adamatch_loss(labels, logits_x, logits_weak, logits_strong, p_target,
+p_model, started, confidence, ema_p, wu) -> (loss, logs, (p_target, p_model, started)).
 """
 import os
 import sys
@@ -80,22 +82,42 @@ class AdaMatch(train.Algorithm):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
-        probs_x, probs_u = (tf.nn.softmax(tf.stop_gradient(logits[k])) for k in (keys.X, keys.U_WEAK))
-        every_x, every_u = devices.global_rows(probs_x), devices.global_rows(probs_u)
-        self.p_target.assign(s.ema_p * self.p_target + (1 - s.ema_p) * tf.reduce_mean(every_x, 0))
-        self.p_model.assign(updated_p_model(self.p_model, self.started, every_u, s.ema_p))
-        self.started.assign(1.)
-        c_tau = relative_threshold(every_x, s.confidence)
-        thresholds = self.bias.thresholds(c_tau)
-        labels = batch[keys.LABEL]
-        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        h_unlabeled, mask = pseudo_label_term(aligned(probs_u, self.p_target, self.p_model), logits[keys.U_STRONG],
-                                              thresholds)
-        h_labeled = pseudo_label_term(aligned(probs_x, self.p_target, self.p_model), logits[keys.X_STRONG],
-                                      thresholds)[0] if self.bias.needs_labeled_term else None
-        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
-                                'monitors/c_tau': c_tau}
+        on_labeled = (logits[keys.X], logits[keys.X_STRONG]) if self.bias.needs_labeled_term else None
+        loss, logs, state = adamatch_loss(
+            batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], self.p_target, self.p_model,
+            self.started, s.confidence, s.ema_p, s.wu, self.bias.thresholds(1.0), gather=devices.global_rows,
+            means=losses.Corrected(self.bias, views_on_labeled=on_labeled))
+        for variable, value in zip((self.p_target, self.p_model, self.started), state):
+            variable.assign(value)
+        return loss, logs
+
+
+def adamatch_loss(labels, logits_x, logits_weak, logits_strong, p_target, p_model, started, confidence=0.95,
+                  ema_p=0.999, wu=1.0, threshold_scale=1.0, gather=None, means=None):
+    """AdaMatch's loss and state update from logits (the module docstring's equations): p_target and p_model
+    step on p_l = stop_gradient(softmax(logits_x)) and p = stop_gradient(softmax(logits_weak)) first, then
+      L = mean_l H(y, x) + wu mean_u[1(max p~_i >= c_tau) H(argmax p~_i, strong_i)],  c_tau = tau mean_l max p_l.
+    labels int (B,); logits (B, K), (uB, K); p_target, p_model (K,), started (0 before the first step, then 1):
+    the state before the step; threshold_scale: 1 or --CAI's per-class factor (K,) on c_tau; gather(v) -> the
+    global batch's rows of v (default: this batch).
+    Returns (L, {losses/xe, losses/xeu, monitors/mask, monitors/c_tau}, (p_target, p_model, started))."""
+    means = means or losses.Means(wu)
+    gather = gather or tf.identity
+    probs_x, probs_u = (tf.nn.softmax(tf.stop_gradient(logits)) for logits in (logits_x, logits_weak))
+    every_x, every_u = gather(probs_x), gather(probs_u)
+    p_target = ema_p * p_target + (1 - ema_p) * tf.reduce_mean(every_x, 0)
+    p_model = updated_p_model(p_model, started, every_u, ema_p)
+    c_tau = relative_threshold(every_x, confidence)
+    thresholds = c_tau * threshold_scale
+
+    def term(weak, strong):
+        return pseudo_label_term(aligned(tf.nn.softmax(tf.stop_gradient(weak)), p_target, p_model), strong, thresholds)
+
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    h_unlabeled, mask = pseudo_label_term(aligned(probs_u, p_target, p_model), logits_strong, thresholds)
+    unlabeled, xeu = means.unlabeled(h_unlabeled, labels, term)
+    return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
+                            'monitors/c_tau': c_tau}, (p_target, p_model, tf.ones([]))
 
 
 if __name__ == '__main__':

@@ -15,6 +15,8 @@ After the warm-up, k = floor((t - warm-up steps) / gamma steps), gamma steps = -
   L = mean_l H(y, x) + wu mean_u[w_i H(q_i, model(strong(u_i)))].
 Label-bias add-ons: --CAP, --debiased, --mnar_estimate (the term on the labeled images: weak x labels
 strong x, same rho); the threshold is on a loss, not a confidence: --CAI and --CADR are refused.
+Pure loss, for any training loop: dash_loss(labels, logits_x, logits_weak, logits_strong, step, rho_sum,
+rho_count, warmup_steps, every_steps, T, wu) -> (loss, logs, (rho_sum, rho_count, rho_init)).
 """
 import os
 import sys
@@ -68,31 +70,49 @@ class Dash(train.Algorithm):
         self.rho_init = tf.Variable(0., trainable=False, name='rho_init', aggregation=first)
         return dict(rho_sum=self.rho_sum, rho_count=self.rho_count, rho_init=self.rho_init)
 
-    def term(self, logits_weak, logits_strong, rho):
-        targets, mask = dash_selection(logits_weak, rho, self.settings.T)
-        return mask * losses.soft_cross_entropy(targets, logits_strong), mask
-
     def loss(self, batch, step):
         s = self.settings
-        warmup = self.trainer.kimg_to_steps(s.warmup_kimg)
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
-        labels = batch[keys.LABEL]
-        h_x = losses.cross_entropy(labels, logits[keys.X])
-        measured = tf.distribute.get_replica_context().all_reduce('MEAN', tf.reduce_mean(tf.stop_gradient(h_x)))
-        window = tf.cast((step >= warmup - max(warmup // 4, 1)) & (step < warmup), tf.float32)
-        self.rho_sum.assign_add(window * measured)
-        self.rho_count.assign_add(window)
-        self.rho_init.assign(self.rho_sum / tf.maximum(self.rho_count, 1.))
-        rho = dash_threshold(step, self.rho_init, warmup, self.trainer.kimg_to_steps(s.gamma_kimg))
-        active = tf.cast(step >= warmup, tf.float32)
-        xe = self.bias.labeled(h_x, labels)
-        h_unlabeled, mask = self.term(logits[keys.U_WEAK], logits[keys.U_STRONG], rho)
-        h_labeled = self.term(logits[keys.X], logits[keys.X_STRONG], rho)[0] if self.bias.needs_labeled_term else None
-        unlabeled, xeu = self.bias.unlabeled(active * h_unlabeled, None if h_labeled is None else active * h_labeled,
-                                             labels)
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: active * tf.reduce_mean(mask),
-                                'monitors/rho': rho}
+        ctx = tf.distribute.get_replica_context()
+        on_labeled = (logits[keys.X], logits[keys.X_STRONG]) if self.bias.needs_labeled_term else None
+        loss, logs, state = dash_loss(
+            batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], step, self.rho_sum,
+            self.rho_count, self.trainer.kimg_to_steps(s.warmup_kimg), self.trainer.kimg_to_steps(s.gamma_kimg), s.T,
+            s.wu, replica_mean=lambda v: ctx.all_reduce('MEAN', v),
+            means=losses.Corrected(self.bias, views_on_labeled=on_labeled))
+        for variable, value in zip((self.rho_sum, self.rho_count, self.rho_init), state):
+            variable.assign(value)
+        return loss, logs
+
+
+def dash_loss(labels, logits_x, logits_weak, logits_strong, step, rho_sum, rho_count, warmup_steps, every_steps,
+              T=0.5, wu=1.0, replica_mean=None, means=None):
+    """Dash's loss and state update from logits at step t (the module docstring's equations): the mean
+    labeled H of the last quarter of the warm-up steps accumulates into rho_sum, rho_count first, then
+    rho_init = rho_sum / max(rho_count, 1), rho = dash_threshold(t, ...), q_i from `dash_selection`, and
+      L = mean_l H(y, x) + wu a(t) mean_u[1(H(q_i, weak_i) <= rho) H(q_i, strong_i)],  a(t) = 1(t >= warm-up).
+    labels int (B,); logits (B, K), (uB, K); rho_sum, rho_count: the state before the step (0 at first);
+    replica_mean(v) -> the mean of v over replicas (default: v). Returns (L, {losses/xe, losses/xeu,
+    monitors/mask, monitors/rho}, (rho_sum, rho_count, rho_init) after the step)."""
+    means = means or losses.Means(wu)
+    h_x = losses.cross_entropy(labels, logits_x)
+    measured = (replica_mean or tf.identity)(tf.reduce_mean(tf.stop_gradient(h_x)))
+    window = tf.cast((step >= warmup_steps - max(warmup_steps // 4, 1)) & (step < warmup_steps), tf.float32)
+    rho_sum, rho_count = rho_sum + window * measured, rho_count + window
+    rho_init = rho_sum / tf.maximum(rho_count, 1.)
+    rho = dash_threshold(step, rho_init, warmup_steps, every_steps)
+    active = tf.cast(step >= warmup_steps, tf.float32)
+
+    def term(weak, strong):
+        targets, mask = dash_selection(weak, rho, T)
+        return active * (mask * losses.soft_cross_entropy(targets, strong)), mask
+
+    xe = means.labeled(h_x, labels)
+    h_unlabeled, mask = term(logits_weak, logits_strong)
+    unlabeled, xeu = means.unlabeled(h_unlabeled, labels, term)
+    return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: active * tf.reduce_mean(mask),
+                            'monitors/rho': rho}, (rho_sum, rho_count, rho_init)
 
 
 if __name__ == '__main__':

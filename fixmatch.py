@@ -53,6 +53,7 @@ The ablations of the reference's ablation/ folder (ab_fixmatch_*.py), as flags:
   --optimizer=adam --lr=0.002, --momentum=m --nonesterov, --lr_schedule=linear --lr_end=0.02
                            (ab_fixmatch_adam, ab_fixmatch_momentum, ab_fixmatch_linearlr)
 Batch norm as the reference: every view of the step goes through ONE training-mode forward pass.
+Pure loss, for any training loop: fixmatch_loss(labels, logits_x, logits_weak, logits_strong, confidence, wu).
 """
 import os
 import sys
@@ -125,12 +126,6 @@ class FixMatch(train.Algorithm):
             labeled.update({name: labeled[keys.X_STRONG] for name in self.strong_names(keys.X_STRONG)})
         return labeled, unlabeled
 
-    def unlabeled_term(self, logits_weak, logits_strong, thresholds):
-        """(mean over the strong views of the per-image pseudo-label term (N,), mask (N,))."""
-        s = self.settings
-        terms = [losses.pseudo_label_term(logits_weak, logits, thresholds, s.sharpen, s.T) for logits in logits_strong]
-        return tf.add_n([h for h, _ in terms]) / len(terms), terms[0][1]
-
     def loss(self, batch, step):
         s = self.settings
         x_strong, u_strong = self.strong_names(keys.X_STRONG), self.strong_names(keys.U_STRONG)
@@ -144,17 +139,38 @@ class FixMatch(train.Algorithm):
                 teacher_x = self.forward_ema(batch[keys.X], training=training)
         self.bias.update(logits[keys.U_WEAK])
         thresholds = self.bias.thresholds(s.confidence)
-        xe = losses.cross_entropy(batch[keys.LABEL], logits[keys.X])
-        if s.sup_strong:
-            xe = (xe + losses.cross_entropy(batch[keys.LABEL], logits[keys.X_STRONG])) / 2
-        xe = self.bias.labeled(xe, batch[keys.LABEL])
-        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
-        h_unlabeled, mask = self.unlabeled_term(weak, [logits[name] for name in u_strong], thresholds)
-        h_labeled = self.unlabeled_term(teacher_x, [logits[name] for name in x_strong], thresholds)[0] \
+        h_labeled = fixmatch_term(teacher_x, [logits[name] for name in x_strong], thresholds, s.sharpen, s.T)[0] \
             if self.bias.needs_labeled_term else None
-        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, batch[keys.LABEL])
-        balanced, logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
-        return xe + unlabeled + balanced, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), **logs}
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        labeled_views = [logits[keys.X]] + ([logits[keys.X_STRONG]] if s.sup_strong else [])
+        loss, logs = fixmatch_loss(batch[keys.LABEL], labeled_views, weak, [logits[name] for name in u_strong],
+                                   thresholds, s.wu, s.sharpen, s.T, means=losses.Corrected(self.bias, h_labeled))
+        balanced, balanced_logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
+        return loss + balanced, {**logs, **balanced_logs}
+
+
+def fixmatch_term(logits_weak, logits_strong, confidence, sharpen='none', T=1.0):
+    """(1(max p_w >= tau) H(argmax p_w, strong) per image (uB,), averaged over the strong views of
+    `logits_strong` (one (uB, K) tensor or a list), mask (uB,) in {0, 1}); losses.pseudo_label_term."""
+    terms = [losses.pseudo_label_term(logits_weak, logits, confidence, sharpen, T) for logits in losses.as_list(
+        logits_strong)]
+    return losses.mean_over_views(h for h, _ in terms), terms[0][1]
+
+
+def fixmatch_loss(labels, logits_x, logits_weak, logits_strong, confidence=0.95, wu=1.0, sharpen='none', T=1.0,
+                  means=None):
+    """FixMatch's loss of one batch from logits, p_w = stop_gradient(softmax(logits_weak)):
+      L = mean_l H(y, x) + wu * mean_u[1(max p_w >= tau) H(argmax p_w, strong)]   (nats).
+    labels int (B,); logits_x (B, K), or a list of labeled views whose H are averaged (--sup_strong);
+    logits_weak, logits_strong (uB, K) (logits_strong may be a list of strong views: the term averages
+    them); confidence tau a scalar or per-class (K,); sharpen, T the ablations of losses.pseudo_label_term;
+    means: losses.Means(wu) by default. Returns (L, {losses/xe, losses/xeu, monitors/mask})."""
+    means = means or losses.Means(wu)
+    xe = means.labeled(losses.mean_over_views(losses.cross_entropy(labels, x) for x in losses.as_list(logits_x)),
+                       labels)
+    h_unlabeled, mask = fixmatch_term(logits_weak, logits_strong, confidence, sharpen, T)
+    unlabeled, xeu = means.unlabeled(h_unlabeled, labels)
+    return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask)}
 
 
 if __name__ == '__main__':

@@ -13,6 +13,8 @@ without. With p_w = stop_gradient(softmax(model(weak(u)))) and the threshold of 
   L = mean_l H(y, x) + wu * mean_u[1(max p_w >= T_{argmax p_w}) H(argmax p_w, model(strong(u)))].
 Label-bias add-ons as FixMatch: --CAI multiplies T_c by its class-aware factor; --CAP, --CADR, --debiased;
 --darp (pseudo-label and mask from the refined rows; beta still counts the model's own p), --abc.
+Pure loss, for any training loop: flexmatch_loss(labels, logits_x, logits_weak, logits_strong, index, selected, beta)
+-> (loss, logs, (selected, beta)).
 """
 import os
 import sys
@@ -71,28 +73,71 @@ class FlexMatch(train.Algorithm):
         return dict(selected=self.selected, beta=self.beta)
 
     def update(self, index, probs):
-        """The state update after a step, from every replica's images: selected, then beta."""
-        ctx = tf.distribute.get_replica_context()
-        chosen = tf.reduce_max(probs, 1) >= self.settings.confidence  # gathered as int64: all_gather takes no bool
-        index, label, chosen = (ctx.all_gather(tf.cast(v, tf.int64), 0) for v in (index, tf.argmax(probs, 1), chosen))
-        self.selected.assign(updated_selection(self.selected, index, label, chosen > 0))
-        self.beta.assign(learning_effect(self.selected, self.beta, self.nclass, self.settings.warmup))
+        """The state update after a step, from every replica's images (`flexmatch_update`)."""
+        self.assign(flexmatch_update(self.selected, self.beta, index, probs, self.settings.confidence,
+                                     self.settings.warmup, every_replica))
+
+    def assign(self, state):
+        self.selected.assign(state[0])
+        self.beta.assign(state[1])
 
     def loss(self, batch, step):
         logits, features = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG, features=True)
         self.bias.update(logits[keys.U_WEAK])
-        thresholds = self.bias.thresholds(self.settings.confidence) * self.beta / (2 - self.beta)  # tau M(beta)
-        labels = batch[keys.LABEL]
-        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
-        h_unlabeled, mask = losses.pseudo_label_term(weak, logits[keys.U_STRONG], thresholds)
+        thresholds = flexible_thresholds(self.bias.thresholds(self.settings.confidence), self.beta)
         h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
             if self.bias.needs_labeled_term else None
-        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
-        self.update(batch[keys.U_INDEX], tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])))
-        balanced, logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
-        return xe + unlabeled + balanced, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), **logs,
-                                           'monitors/selected': tf.reduce_mean(tf.cast(self.selected >= 0, tf.float32))}
+        weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
+        loss, logs, state = flexmatch_loss(
+            batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], batch[keys.U_INDEX],
+            self.selected, self.beta, thresholds, self.settings.confidence, self.settings.wu, self.settings.warmup,
+            logits_pseudo=weak, gather=every_replica, means=losses.Corrected(self.bias, h_labeled))
+        self.assign(state)
+        balanced, balanced_logs = self.balanced_head_loss(features, batch, step)  # --abc (0 without)
+        return loss + balanced, {**logs, **balanced_logs,
+                                 'monitors/selected': tf.reduce_mean(tf.cast(self.selected >= 0, tf.float32))}
+
+
+def every_replica(values):
+    """Every replica's rows of `values` (the state counts every replica's images)."""
+    return tf.distribute.get_replica_context().all_gather(values, 0)
+
+
+def flexible_thresholds(tau, beta):
+    """T_c = tau M(beta_c), M(x) = x / (2 - x) (the convex mapping); tau scalar or per class."""
+    return tau * beta / (2 - beta)
+
+
+def flexmatch_loss(labels, logits_x, logits_weak, logits_strong, index, selected, beta, thresholds=None,
+                   confidence=0.95, wu=1.0, warmup=True, logits_pseudo=None, gather=None, means=None):
+    """FlexMatch's loss and state update from logits, p_w = stop_gradient(softmax(logits_weak)):
+      L = mean_l H(y, x) + wu mean_u[1(max p_w >= T_c) H(c, strong)],  c = argmax p_w,  T_c = tau M(beta_c);
+    then selected[index_i] = c_i where max p_w,i >= tau, and beta from `learning_effect`.
+    labels int (B,); logits (B, K) and (uB, K); index int64 (uB,) positions of the unlabeled images;
+    selected int64 (N,), beta (K,): the state before the step; thresholds: the T_c to use (default
+    flexible_thresholds(confidence, beta)); logits_pseudo: logits the pseudo-labels and mask come from
+    (--darp); gather(v) -> the global batch's rows of v (default: this batch).
+    Returns (L, {losses/xe, losses/xeu, monitors/mask}, (selected, beta) after the step)."""
+    means = means or losses.Means(wu)
+    thresholds = flexible_thresholds(confidence, beta) if thresholds is None else thresholds
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    pseudo = logits_weak if logits_pseudo is None else logits_pseudo
+    h_unlabeled, mask = losses.pseudo_label_term(pseudo, logits_strong, thresholds)
+    unlabeled, xeu = means.unlabeled(h_unlabeled, labels)
+    state = flexmatch_update(selected, beta, index, tf.nn.softmax(tf.stop_gradient(logits_weak)), confidence, warmup,
+                             gather)
+    return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask)}, state
+
+
+def flexmatch_update(selected, beta, index, probs, confidence=0.95, warmup=True, gather=None):
+    """(selected, beta) after a step: selected[index_i] = argmax p_i for the images with max p_i >= tau
+    (`updated_selection`), then beta from `learning_effect`; probs (uB, K); gather(v) -> the global batch's
+    rows of v (default: this batch)."""
+    chosen = tf.reduce_max(probs, 1) >= confidence  # gathered as int64: all_gather takes no bool
+    gather = gather or (lambda v: v)
+    index, label, chosen = (gather(tf.cast(v, tf.int64)) for v in (index, tf.argmax(probs, 1), chosen))
+    selected = updated_selection(selected, index, label, chosen > 0)
+    return selected, learning_effect(selected, beta, beta.shape[-1], warmup)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,8 @@ softmax(model(weak(u)))) over the global batch (all replicas), n images, m = --e
 lambda_f 0.001 as USB's classic CIFAR configs (its argument default is 0.01).
 Label-bias add-ons: --CAI multiplies the per-class thresholds by its factor; --CAP, --CADR, --debiased,
 --mnar_estimate (the unlabeled term on the labeled images: weak x labels strong x, same thresholds).
+Pure loss, for any training loop: freematch_loss(labels, logits_x, logits_weak, logits_strong, p_model,
+label_hist, time_p, ema_p, lambda_f, wu) -> (loss, logs, (p_model, label_hist, time_p)).
 """
 import os
 import sys
@@ -88,22 +90,42 @@ class FreeMatch(train.Algorithm):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
-        probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
-        every = devices.global_rows(probs)
-        for variable, value in zip((self.time_p, self.p_model, self.label_hist), updated_statistics(
-                self.time_p, self.p_model, self.label_hist, every, s.ema_p)):
+        on_labeled = (logits[keys.X], logits[keys.X_STRONG]) if self.bias.needs_labeled_term else None
+        loss, logs, state = freematch_loss(
+            batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], self.p_model,
+            self.label_hist, self.time_p, s.ema_p, s.lambda_f, s.wu, self.bias.thresholds(1.0),
+            gather=devices.global_rows, means=losses.Corrected(self.bias, views_on_labeled=on_labeled))
+        for variable, value in zip((self.p_model, self.label_hist, self.time_p), state):
             variable.assign(value)
-        thresholds = self.bias.thresholds(1.0) * self_adaptive_thresholds(self.time_p, self.p_model)
-        labels = batch[keys.LABEL]
-        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        h_unlabeled, mask = losses.pseudo_label_term(logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds)
-        h_labeled = losses.pseudo_label_term(logits[keys.X], logits[keys.X_STRONG], thresholds)[0] \
-            if self.bias.needs_labeled_term else None
-        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
-        fairness = fairness_term(logits[keys.U_STRONG], mask, self.p_model, self.label_hist)
-        return xe + unlabeled + s.lambda_f * fairness, {
-            keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), 'losses/fairness': fairness,
-            'monitors/time_p': tf.convert_to_tensor(self.time_p)}
+        return loss, logs
+
+
+def freematch_loss(labels, logits_x, logits_weak, logits_strong, p_model, label_hist, time_p, ema_p=0.999,
+                   lambda_f=0.001, wu=1.0, threshold_scale=1.0, gather=None, means=None):
+    """FreeMatch's loss and state update from logits (the module docstring's equations): the EMAs step
+    on p = stop_gradient(softmax(logits_weak)) first, then
+      L = mean_l H(y, x) + wu mean_u[w_i H(c_i, strong_i)] + lambda_f L_f,
+      w_i = 1(max p_i >= threshold_scale * time_p p_model[c_i] / max p_model),  c_i = argmax p_i.
+    labels int (B,); logits (B, K), (uB, K); p_model, label_hist (K,), time_p (): the state before the step;
+    threshold_scale: 1 or --CAI's per-class factor (K,); gather(v) -> the global batch's rows of v (default:
+    this batch). Returns (L, {losses/xe, losses/xeu, monitors/mask, losses/fairness, monitors/time_p},
+    (p_model, label_hist, time_p) after the step)."""
+    means = means or losses.Means(wu)
+    probs = tf.nn.softmax(tf.stop_gradient(logits_weak))
+    time_p, p_model, label_hist = updated_statistics(time_p, p_model, label_hist, (gather or tf.identity)(probs),
+                                                     ema_p)
+    thresholds = threshold_scale * self_adaptive_thresholds(time_p, p_model)
+
+    def term(weak, strong):
+        return losses.pseudo_label_term(weak, strong, thresholds)
+
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    h_unlabeled, mask = term(logits_weak, logits_strong)
+    unlabeled, xeu = means.unlabeled(h_unlabeled, labels, term)
+    fairness = fairness_term(logits_strong, mask, p_model, label_hist)
+    return xe + unlabeled + lambda_f * fairness, {
+        keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), 'losses/fairness': fairness,
+        'monitors/time_p': tf.convert_to_tensor(time_p)}, (p_model, label_hist, time_p)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ validation images) instead of the labeled split.
 
 No unlabeled images are drawn (there is no --uratio: it is 0).
 Batch norm: ONE forward pass in training mode over the labeled views, updating the moving statistics.
+Pure loss, for any training loop: fully_supervised_loss(labels, logits_x).
 """
 import os
 import sys
@@ -54,12 +55,17 @@ class FullySupervised(train.Algorithm):
     def loss(self, batch, step):
         del step
         logits = self.forward_views(batch, keys.X, keys.X_STRONG)
-        labels = batch[keys.LABEL]
-        xe = losses.cross_entropy(labels, logits[keys.X])
-        if self.settings.sup_strong:
-            xe = (xe + losses.cross_entropy(labels, logits[keys.X_STRONG])) / 2
-        xe = self.bias.labeled(xe, labels)
-        return xe, {keys.XE: xe}
+        labeled_views = [logits[keys.X]] + ([logits[keys.X_STRONG]] if self.settings.sup_strong else [])
+        return fully_supervised_loss(batch[keys.LABEL], labeled_views, means=losses.Corrected(self.bias))
+
+
+def fully_supervised_loss(labels, logits_x, means=None):
+    """L = mean_l H(y, x) (nats); labels int (B,), logits_x (B, K) or a list of views of the labeled
+    images whose cross-entropies are averaged per image (--sup_strong). Returns (L, {losses/xe: L})."""
+    means = means or losses.Means()
+    xe = means.labeled(losses.mean_over_views(losses.cross_entropy(labels, x) for x in losses.as_list(logits_x)),
+                       labels)
+    return xe, {keys.XE: xe}
 
 
 if __name__ == '__main__':

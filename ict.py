@@ -25,6 +25,8 @@ the student's passes one.
 Optimizer as the reference: Adam at a constant lr 0.002, then decoupled weight decay on the kernels
 after each step, w <- w * (1 - lr * wd) with wd = 0.02. --optimizer=sgd --lr=0.03 --wd=5e-4
 --lr_schedule=cosine gives the FixMatch setup.
+Pure loss, for any training loop: ict_loss(labels, logits_x, logits_teacher, logits_mixed, lam, partner, wu,
+ramp); the caller mixes the images (`mixing`, losses.mix_images) and runs teacher and student.
 """
 import os
 import sys
@@ -62,28 +64,41 @@ class ICT(train.Algorithm):
         return {keys.X: 'd'}, {keys.U_WEAK: 'd'}
 
     def mixed(self, images, step, stream):
-        """(Mix(images), Mix(q), q) with q the teacher's softmax of each image (see `mixing`)."""
-        seed = losses.step_seed(self.settings.seed, step, stream)
-        lam, partner = mixing(tf.shape(images)[0], self.settings.beta, seed)
-        teacher_probs = tf.stop_gradient(tf.nn.softmax(self.forward_ema(images, training=True)))
-        return (*losses.mixup(images, teacher_probs, partner, lam), teacher_probs)
+        """(teacher logits of the images, Mix(images), lambda, partner) (see `mixing`)."""
+        lam, partner = mixing(tf.shape(images)[0], self.settings.beta, losses.step_seed(self.settings.seed, step,
+                                                                                         stream))
+        return self.forward_ema(images, training=True), losses.mix_images(images, partner, lam), lam, partner
 
     def loss(self, batch, step):
         s = self.settings
-        u_mixed, q_unlabeled, teacher_u = self.mixed(batch[keys.U_WEAK], step, UNLABELED_STREAM)
-        self.bias.update_probs(teacher_u)
+        teacher_u, u_mixed, lam_u, partner_u = self.mixed(batch[keys.U_WEAK], step, UNLABELED_STREAM)
+        self.bias.update_probs(tf.nn.softmax(teacher_u))
         parts = [batch[keys.X], u_mixed]
         labeled_too = self.bias.needs_labeled_term
         if labeled_too:
-            x_mixed, q_labeled, _ = self.mixed(batch[keys.X], step, LABELED_STREAM)
+            teacher_x, x_mixed, lam_x, partner_x = self.mixed(batch[keys.X], step, LABELED_STREAM)
             parts.append(x_mixed)
         logits = cm.separate_passes(self, *parts)
-        xe = cm.supervised_xe(self, batch, logits[0])
-        h_unlabeled = losses.consistency(s.consistency, q_unlabeled, logits[1])
-        h_labeled = losses.consistency(s.consistency, q_labeled, logits[2]) if labeled_too else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
-        return xe + unlabeled, {keys.XE: xe, **logs}
+        h_labeled = ict_term(s.consistency, teacher_x, logits[2], lam_x, partner_x) if labeled_too else None
+        return ict_loss(batch[keys.LABEL], logits[0], teacher_u, logits[1], lam_u, partner_u, s.wu,
+                        cm.rampup(self, step), s.consistency, means=losses.Corrected(self.bias, h_labeled))
 
+
+def ict_term(kind, logits_teacher, logits_mixed, lam, partner):
+    """d(Mix(q), softmax(logits_mixed)) per image (n,), q = stop_gradient(softmax(logits_teacher)) (n, K),
+    Mix(q)_i = lam_i q_i + (1 - lam_i) q_partner_i."""
+    mixed_targets = losses.mix_targets(tf.stop_gradient(tf.nn.softmax(logits_teacher)), partner, lam)
+    return losses.consistency(kind, mixed_targets, logits_mixed)
+
+
+def ict_loss(labels, logits_x, logits_teacher, logits_mixed, lam, partner, wu=50.0, ramp=1.0, consistency='mse',
+             means=None):
+    """ICT's loss from logits: L = mean_l H(y, f(x)) + r wu mean_u d(Mix(q(u)), softmax(f(Mix(u)))), r = `ramp`.
+    Needs the caller's passes: logits_teacher = f'(u) (uB, K) of the EMA teacher, logits_mixed = f(Mix(u))
+    of the student on the images mixed with the same lam, partner (`mixing`, losses.mix_images); labels
+    int (B,), logits_x (B, K). Returns (L, {losses/xe, losses/xeu, monitors/wu})."""
+    h_unlabeled = ict_term(consistency, logits_teacher, logits_mixed, lam, partner)
+    return losses.ramped_loss(labels, logits_x, h_unlabeled, wu, ramp, means)
 
 def mixing(n, beta, seed):
     """(lambda (n,), partner (n,)) as the reference: lambda_i ~ Beta(beta, beta) per image, then

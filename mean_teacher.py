@@ -20,6 +20,7 @@ batch: a(u), and x separately with --debiased) and never updates them. --joint_b
 the reference) makes the student's passes one.
 
 Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=4e-4.
+Pure loss, for any training loop: mean_teacher_loss(labels, logits_x, logits_teacher, logits_student, wu, ramp).
 """
 import os
 import sys
@@ -55,21 +56,36 @@ class MeanTeacher(train.Algorithm):
         """Labeled X; unlabeled U_WEAK (teacher view a, W) and U_STRONG (student view b, S); X_STRONG = b(x)."""
         return self.standard_views(labeled_strong=self.bias.needs_labeled_term)
 
-    def teacher_probs(self, images):
-        """stop_gradient(softmax(teacher(images))): EMA weights, training mode, no statistics update."""
-        return tf.stop_gradient(tf.nn.softmax(self.forward_ema(images, training=True)))
+    def teacher_logits(self, images):
+        """teacher(images): EMA weights, training mode, no statistics update."""
+        return self.forward_ema(images, training=True)
 
     def loss(self, batch, step):
         s = self.settings
         logits = cm.separate_views(self, batch, keys.X, keys.U_STRONG, keys.X_STRONG)
-        xe = cm.supervised_xe(self, batch, logits[keys.X])
-        teacher_u = self.teacher_probs(batch[keys.U_WEAK])
-        self.bias.update_probs(teacher_u)
-        h_unlabeled = losses.consistency(s.consistency, teacher_u, logits[keys.U_STRONG])
-        h_labeled = losses.consistency(s.consistency, self.teacher_probs(batch[keys.X]), logits[keys.X_STRONG]) \
+        teacher_u = self.teacher_logits(batch[keys.U_WEAK])
+        h_labeled = consistency_term(s.consistency, self.teacher_logits(batch[keys.X]), logits[keys.X_STRONG]) \
             if self.bias.needs_labeled_term else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
-        return xe + unlabeled, {keys.XE: xe, **logs}
+        # p_hat (CAP, MNAR) steps on the teacher's predictions after the labeled term, before the unlabeled one
+        means = losses.Corrected(self.bias, h_labeled, update_between=lambda: self.bias.update_probs(
+            tf.nn.softmax(teacher_u)))
+        return mean_teacher_loss(batch[keys.LABEL], logits[keys.X], teacher_u, logits[keys.U_STRONG], s.wu,
+                                 cm.rampup(self, step), s.consistency, means=means)
+
+
+def consistency_term(kind, logits_teacher, logits_student):
+    """d(q, softmax(student)) per sample (N,), q = stop_gradient(softmax(teacher logits))."""
+    return losses.consistency(kind, tf.stop_gradient(tf.nn.softmax(logits_teacher)), logits_student)
+
+
+def mean_teacher_loss(labels, logits_x, logits_teacher, logits_student, wu=50.0, ramp=1.0, consistency='mse',
+                      means=None):
+    """Mean Teacher's loss from logits: L = mean_l H(y, x) + r wu mean_u d(q, softmax(student(b(u)))),
+    q = stop_gradient(softmax(teacher(a(u)))), r = `ramp`. labels int (B,), logits_x (B, K) of the student;
+    logits_teacher (uB, K) of the EMA teacher (the caller runs it), logits_student (uB, K).
+    Returns (L, {losses/xe, losses/xeu, monitors/wu})."""
+    h_unlabeled = consistency_term(consistency, logits_teacher, logits_student)
+    return losses.ramped_loss(labels, logits_x, h_unlabeled, wu, ramp, means)
 
 
 if __name__ == '__main__':

@@ -33,6 +33,8 @@ DeSSL (Schmutz et al., ICLR 2023), unbiased under MCAR labels for any lambda = -
   --debiased  K weak views of each labeled image are treated as unlabeled images (guess from the
               model, not the label; mixed with partners from W) and their term is subtracted:
               L - wu * r(t) * mean d(q', model(x_u')).
+Pure loss, for any training loop: mixmatch_loss(labels, logits_views_u, logits_mixed, partners, lam, T, wu,
+ramp); the caller draws the plan (losses.mixmatch_plan), mixes the images and runs the model.
 """
 import os
 import sys
@@ -80,42 +82,54 @@ class MixMatch(train.Algorithm):
             labeled_views.update({f'x_weak{k}': code for k, code in codes.items()})
         return labeled_views, {f'u_weak{k}': code for k, code in codes.items()}
 
-    def guess_labels(self, views_u, views_x):
-        """Sharpened mean softmax over the K views of the unlabeled (and labeled, if any) images.
-        Training-mode passes, one per view (--joint_bn: one for all), without moving-statistics
-        updates; no gradient."""
+    def guess_logits(self, views_u, views_x):
+        """Logits of the K views of the unlabeled (and labeled, if any) images for the label guess:
+        training-mode passes, one per view (--joint_bn: one for all), without moving-statistics updates."""
         parts = [*views_u, *views_x]
         logits = self.forward(*parts, update_bn=False) if self.settings.joint_bn else \
             [self.forward(part, update_bn=False)[0] for part in parts]
-        probs = [tf.stop_gradient(tf.nn.softmax(p)) for p in logits]
-        guess_u = losses.guess_label(probs[:len(views_u)], self.settings.T)
-        guess_x = losses.guess_label(probs[len(views_u):], self.settings.T) if views_x else None
-        return guess_u, guess_x
+        return logits[:len(views_u)], logits[len(views_u):]
 
     def loss(self, batch, step):
         s = self.settings
         views_u = [batch[f'u_weak{k}'] for k in range(s.nu)]
         views_x = [batch[f'x_weak{k}'] for k in range(s.nu)] if s.debiased else []
-        guess_u, guess_x = self.guess_labels(views_u, views_x)
+        logits_u, logits_x = self.guess_logits(views_u, views_x)
         # Rows: labeled x | K unlabeled views | (--debiased) K labeled views treated as unlabeled.
         images = tf.concat([batch[keys.X], *views_u, *views_x], 0)
-        targets = tf.concat([tf.one_hot(tf.cast(batch[keys.LABEL], tf.int32), self.nclass)] + [guess_u] * s.nu
-                            + [guess_x] * len(views_x), 0)
-        n_x = tf.shape(batch[keys.X])[0]
-        n_u = s.nu * tf.shape(views_u[0])[0]
-        n_pool, n_rows = n_x + n_u, tf.shape(images)[0]
-        partners, lam = losses.mixmatch_plan(n_rows, n_pool, s.beta, losses.step_seed(s.seed, step, MIX_SALT))
-        mixed_images, mixed_targets = losses.mixup(images, targets, partners, lam)
-        logits = self.forward(mixed_images)[0]  # ONE pass: batch-norm statistics over X' and U' together
-        sizes = [n_x, n_u, n_rows - n_pool]
-        logits_x, logits_u, logits_xu = tf.split(logits, sizes, 0)
-        targets_x, targets_u, targets_xu = tf.split(mixed_targets, sizes, 0)
-        xe = tf.reduce_mean(losses.soft_cross_entropy(targets_x, logits_x))
-        ramp = losses.linear_rampup(step, self.trainer.kimg_to_steps(s.warmup_kimg))
-        h_u = losses.consistency(s.consistency, targets_u, logits_u)
-        h_x = losses.consistency(s.consistency, targets_xu, logits_xu) if s.debiased else None
-        unlabeled, _ = self.bias.unlabeled(ramp * h_u, None if h_x is None else ramp * h_x)
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: tf.reduce_mean(h_u), keys.WU: s.wu * ramp}
+        n_pool = tf.shape(batch[keys.X])[0] + s.nu * tf.shape(views_u[0])[0]
+        partners, lam = losses.mixmatch_plan(tf.shape(images)[0], n_pool, s.beta,
+                                             losses.step_seed(s.seed, step, MIX_SALT))
+        logits = self.forward(losses.mix_images(images, partners, lam))[0]  # ONE pass: statistics over X' and U'
+        return mixmatch_loss(batch[keys.LABEL], logits_u, logits, partners, lam, s.T, s.wu,
+                             losses.linear_rampup(step, self.trainer.kimg_to_steps(s.warmup_kimg)), s.consistency,
+                             logits_x or None, means=losses.Corrected(self.bias))
+
+
+def mixmatch_loss(labels, logits_views_u, logits_mixed, partners, lam, T=0.5, wu=75.0, ramp=1.0, consistency='mse',
+                  logits_views_x=None, means=None):
+    """MixMatch's loss (the module docstring's equations) from the caller's passes: logits_views_u, a list of K
+    (uB, K) logits of the unlabeled views (the guess q = sharpen(mean_k softmax, T), a constant), and
+    logits_mixed (B + K uB [+ K B], C) = model(Mix(W)) of the rows [x | u_1..u_K | (DeSSL) x_1..x_K] mixed
+    with `partners`, `lam` (losses.mixmatch_plan, losses.mix_images). labels int (B,); ramp r(t) on wu;
+    logits_views_x: DeSSL's K views of the labeled images treated as unlabeled (their term goes to
+    means.unlabeled as h_on_labeled). Returns (L, {losses/xe, losses/xeu, monitors/wu})."""
+    means = means or losses.Means(wu)
+    guess_u = losses.guess_label([tf.stop_gradient(tf.nn.softmax(p)) for p in logits_views_u], T)
+    views_x = logits_views_x or []
+    guess_x = losses.guess_label([tf.stop_gradient(tf.nn.softmax(p)) for p in views_x], T) if views_x else None
+    nclass = logits_mixed.shape[-1]
+    targets = tf.concat([tf.one_hot(tf.cast(labels, tf.int32), nclass)] + [guess_u] * len(logits_views_u)
+                        + [guess_x] * len(views_x), 0)
+    n_x, n_u = tf.shape(labels)[0], len(logits_views_u) * tf.shape(guess_u)[0]
+    sizes = [n_x, n_u, tf.shape(targets)[0] - n_x - n_u]
+    logits_x, logits_u, logits_xu = tf.split(logits_mixed, sizes, 0)
+    targets_x, targets_u, targets_xu = tf.split(losses.mix_targets(targets, partners, lam), sizes, 0)
+    xe = tf.reduce_mean(losses.soft_cross_entropy(targets_x, logits_x))
+    h_u = losses.consistency(consistency, targets_u, logits_u)
+    h_x = ramp * losses.consistency(consistency, targets_xu, logits_xu) if views_x else None
+    unlabeled, _ = means.unlabeled(ramp * h_u, h_on_labeled=h_x)
+    return xe + unlabeled, {keys.XE: xe, keys.XEU: tf.reduce_mean(h_u), keys.WU: wu * ramp}
 
 
 if __name__ == '__main__':

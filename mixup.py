@@ -21,6 +21,8 @@ Batch norm as the reference: separate training-mode passes over Mix(x), u and Mi
 by its own batch statistics; only the labeled pass updates the moving statistics.
 Optimizer as the reference: Adam at a constant lr 0.002, then decoupled weight decay on the kernels
 after each step, w <- w * (1 - lr * wd) with wd = 0.02 (fs_mixup.py: 0.002).
+Pure loss, for any training loop: mixup_loss(labels, logits_x_mixed, lam_x, logits_u, logits_u_mixed, lam_u, wu);
+the caller mixes the images (losses.mixup_lambda, losses.mix_images) and runs the model.
 """
 import os
 import sys
@@ -60,23 +62,42 @@ class MixUp(train.Algorithm):
     def views(self):
         return {keys.X: 'd'}, ({keys.U_WEAK: 'd'} if self.settings.wu else {})
 
-    def mixed(self, images, targets, step, stream):
-        """(Mix(images), Mix(targets)) with per-image lambdas and the reversed batch as partners."""
-        n = tf.shape(images)[0]
-        lam = losses.mixup_lambda(n, self.settings.beta, losses.step_seed(self.settings.seed, step, stream))
-        return losses.mixup(images, targets, losses.reversed_partners(n), lam)
+    def lambdas(self, images, step, stream):
+        """Per-image lambda' (n,) of one batch, a function of (--seed, step, stream, replica)."""
+        return losses.mixup_lambda(tf.shape(images)[0], self.settings.beta, losses.step_seed(self.settings.seed, step,
+                                                                                              stream))
 
     def loss(self, batch, step):
         s = self.settings
-        labels = tf.one_hot(tf.cast(batch[keys.LABEL], tf.int32), self.nclass)
-        x, targets_x = self.mixed(batch[keys.X], labels, step, LABELED_STREAM)
-        xe = tf.reduce_mean(losses.soft_cross_entropy(targets_x, self.forward(x)[0]))
+        lam_x = self.lambdas(batch[keys.X], step, LABELED_STREAM)
+        x = losses.mix_images(batch[keys.X], losses.reversed_partners(tf.shape(batch[keys.X])[0]), lam_x)
+        logits_x = self.forward(x)[0]
         if not s.wu:
-            return xe, {keys.XE: xe}
-        guess = tf.stop_gradient(tf.nn.softmax(self.forward(batch[keys.U_WEAK], update_bn=False)[0]))
-        u, targets_u = self.mixed(batch[keys.U_WEAK], guess, step, UNLABELED_STREAM)
-        xeu = tf.reduce_mean(losses.soft_cross_entropy(targets_u, self.forward(u, update_bn=False)[0]))
-        return xe + s.wu * xeu, {keys.XE: xe, keys.XEU: xeu}
+            return mixup_loss(batch[keys.LABEL], logits_x, lam_x)
+        u_images = batch[keys.U_WEAK]
+        logits_u = self.forward(u_images, update_bn=False)[0]
+        lam_u = self.lambdas(u_images, step, UNLABELED_STREAM)
+        u = losses.mix_images(u_images, losses.reversed_partners(tf.shape(u_images)[0]), lam_u)
+        return mixup_loss(batch[keys.LABEL], logits_x, lam_x, logits_u, self.forward(u, update_bn=False)[0], lam_u,
+                          s.wu)
+
+
+def mixup_loss(labels, logits_x_mixed, lam_x, logits_u=None, logits_u_mixed=None, lam_u=None, wu=1.0):
+    """MixUp's loss from logits, partners the reversed batch (row n-1-i), q(u) = stop_gradient(softmax(logits_u)):
+      L = mean_l H(Mix(onehot(y)), model(Mix(x))) + wu mean_u H(Mix(q(u)), model(Mix(u)))   (soft H, nats).
+    Needs the caller's passes on the mixed images: logits_x_mixed (B, K) = model(Mix(x)) with lambdas lam_x (B,)
+    (losses.mixup_lambda; Mix = losses.mix_images with losses.reversed_partners); logits_u (uB, K) of the clean
+    u, logits_u_mixed = model(Mix(u)) with lam_u (uB,). Without logits_u (or wu = 0): the labeled term only.
+    Returns (L, {losses/xe[, losses/xeu]})."""
+    targets_x = losses.mix_targets(tf.one_hot(tf.cast(labels, tf.int32), logits_x_mixed.shape[-1]),
+                                   losses.reversed_partners(tf.shape(labels)[0]), lam_x)
+    xe = tf.reduce_mean(losses.soft_cross_entropy(targets_x, logits_x_mixed))
+    if not wu or logits_u is None:
+        return xe, {keys.XE: xe}
+    guess = tf.stop_gradient(tf.nn.softmax(logits_u))
+    targets_u = losses.mix_targets(guess, losses.reversed_partners(tf.shape(guess)[0]), lam_u)
+    xeu = tf.reduce_mean(losses.soft_cross_entropy(targets_u, logits_u_mixed))
+    return xe + wu * xeu, {keys.XE: xe, keys.XEU: xeu}
 
 
 if __name__ == '__main__':

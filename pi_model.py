@@ -15,6 +15,7 @@ a(x) and an extra S view as b(x).
 Batch norm as the reference: three forward passes in training mode, x, a(u) and b(u) (and b(x)
 with --debiased), each normalised by its own batch statistics; only the labeled pass updates the
 moving statistics. --joint_bn (departs from the reference) makes it one pass over all of them.
+Pure loss, for any training loop: pi_model_loss(labels, logits_x, logits_a, logits_b, wu, ramp, consistency).
 
 Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=3e-4.
 """
@@ -56,17 +57,22 @@ class PiModel(train.Algorithm):
         s = self.settings
         logits = cm.separate_views(self, batch, keys.X, keys.U_WEAK, keys.U_STRONG, keys.X_STRONG)
         self.bias.update(logits[keys.U_WEAK])
-        xe = cm.supervised_xe(self, batch, logits[keys.X])
-        h_unlabeled = pi_term(s.consistency, logits[keys.U_WEAK], logits[keys.U_STRONG])
         h_labeled = pi_term(s.consistency, logits[keys.X], logits[keys.X_STRONG]) \
             if self.bias.needs_labeled_term else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
-        return xe + unlabeled, {keys.XE: xe, **logs}
+        return pi_model_loss(batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], s.wu,
+                             cm.rampup(self, step), s.consistency, means=losses.Corrected(self.bias, h_labeled))
 
 
 def pi_term(kind, logits_target, logits_student):
     """d(stop_gradient(softmax(target view)), softmax(student view)) per sample (N,)."""
     return losses.consistency(kind, tf.stop_gradient(tf.nn.softmax(logits_target)), logits_student)
+
+
+def pi_model_loss(labels, logits_x, logits_a, logits_b, wu=10.0, ramp=1.0, consistency='mse', means=None):
+    """The Pi-model's loss from logits: L = mean_l H(y, x) + r wu mean_u d(stop_gradient(softmax(a(u))),
+    softmax(b(u))), r = `ramp`; labels int (B,), logits_x (B, K), logits_a, logits_b (uB, K) of the two
+    views; d = losses.consistency(`consistency`). Returns (L, {losses/xe, losses/xeu, monitors/wu})."""
+    return losses.ramped_loss(labels, logits_x, pi_term(consistency, logits_a, logits_b), wu, ramp, means)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ statistics. --joint_bn (departs from the reference) makes them one pass. The ref
 max p > tau (strictly); here max p >= tau, as every other threshold of this code base.
 
 Optimizer: the FixMatch setup (SGD 0.03, cosine). Oliver et al. used Adam: --optimizer=adam --lr=3e-4.
+Pure loss, for any training loop: pseudo_label_loss(labels, logits_x, logits_u, threshold, wu, ramp).
 """
 import os
 import sys
@@ -57,13 +58,23 @@ class PseudoLabel(train.Algorithm):
         logits_x, logits_u = logits[keys.X], logits[keys.U_WEAK]
         self.bias.update(logits_u)
         thresholds = self.bias.thresholds(s.threshold)
-        xe = cm.supervised_xe(self, batch, logits_x)
         weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits_u, step)  # --darp: refined rows
-        h_unlabeled, mask = losses.pseudo_label_term(weak, logits_u, thresholds)
         h_labeled = losses.pseudo_label_term(logits_x, logits_x, thresholds)[0] if self.bias.needs_labeled_term \
             else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
-        return xe + unlabeled, {keys.XE: xe, **logs, keys.MASK: tf.reduce_mean(mask)}
+        return pseudo_label_loss(batch[keys.LABEL], logits_x, logits_u, thresholds, s.wu, cm.rampup(self, step),
+                                 logits_pseudo=weak, means=losses.Corrected(self.bias, h_labeled))
+
+
+def pseudo_label_loss(labels, logits_x, logits_u, threshold=0.95, wu=1.0, ramp=1.0, logits_pseudo=None, means=None):
+    """Pseudo-Label's loss from logits, p = stop_gradient(softmax(logits_u)):
+      L = mean_l H(y, x) + r wu mean_u[1(max p >= tau) H(argmax p, u)],  r = `ramp`.
+    labels int (B,), logits_x (B, K), logits_u (uB, K) of the one unlabeled view (with its gradient);
+    threshold tau scalar or per-class (K,); logits_pseudo: logits the pseudo-labels and mask come from
+    instead of logits_u (--darp's refined rows). Returns (L, {losses/xe, losses/xeu, monitors/wu, monitors/mask})."""
+    h_unlabeled, mask = losses.pseudo_label_term(logits_u if logits_pseudo is None else logits_pseudo, logits_u,
+                                                 threshold)
+    loss, logs = losses.ramped_loss(labels, logits_x, h_unlabeled, wu, ramp, means)
+    return loss, {**logs, keys.MASK: tf.reduce_mean(mask)}
 
 
 if __name__ == '__main__':

@@ -34,6 +34,9 @@ DeSSL (Schmutz et al., ICLR 2023), --debiased: each labeled image is also treate
 (guess from its labeled view x, K strong views) and every unlabeled term, computed on it, is
 subtracted with its own weight: the match term with lambda = --wu, the first-view term with w_kl
 and the rotation term with w_rot. --wu=0 --w_kl=0 --w_rot=0 leaves the labeled term only.
+Pure loss, for any training loop: remixmatch_loss(labels, logits_weak, p_labeled, p_model_history, step,
+logits_mixed, partners, lam, K, logits_first, logits_rot, turns, ...) -> (loss, logs, p_model_history); the
+caller mixes and rotates the images and runs the model and the rotation head.
 """
 import os
 import sys
@@ -116,68 +119,73 @@ class ReMixMatch(train.Algorithm):
         unlabeled_views.update({f'u_strong{k}': strong for k in range(self.settings.K)})
         return labeled_views, unlabeled_views
 
-    def p_model(self, probs, step):
-        """Mean of the batch-mean predictions over the last ALIGNMENT_BATCHES steps, storing this
-        step's (N, C) probs first (row step mod ALIGNMENT_BATCHES)."""
-        row = tf.cast(step % ALIGNMENT_BATCHES, tf.int32)
-        history = tf.tensor_scatter_nd_update(self.p_model_history, [[row]], [tf.reduce_mean(probs, 0)])
-        self.p_model_history.assign(history)
-        return tf.reduce_mean(history, 0)
-
-    def guess(self, probs, p_model):
-        """sharpen(normalize(p * p_labeled / p_model), T)."""
-        return losses.sharpen(losses.distribution_alignment(probs, self.p_labeled, p_model), self.settings.T)
-
-    def label_guesses(self, batch, step):
-        """Aligned, sharpened guesses from the weak views of u and (--debiased) the labeled views x,
-        through one training-mode pass that leaves batch norm alone; updates p_model with u's."""
-        weak_logits = self.forward(batch[keys.U_WEAK], *([batch[keys.X]] if self.settings.debiased else []),
-                                   update_bn=False)
-        weak_probs = [tf.stop_gradient(tf.nn.softmax(logits)) for logits in weak_logits]
-        p_model = self.p_model(weak_probs[0], step)
-        return [self.guess(probs, p_model) for probs in weak_probs] + [None] * (2 - len(weak_probs))
-
     def loss(self, batch, step):
         s = self.settings
         strong_u = [batch[f'u_strong{k}'] for k in range(s.K)]
         strong_x = [batch[f'x_strong{k}'] for k in range(s.K)] if s.debiased else []
-        guess_u, guess_x = self.label_guesses(batch, step)
+        # The guess pass: training mode, batch norm left alone; weak u (and, --debiased, the labeled views x).
+        weak_logits = self.forward(batch[keys.U_WEAK], *([batch[keys.X]] if s.debiased else []), update_bn=False)
         # MixUp rows: labeled x | K strong views of u | (--debiased) K strong views of x, treated as unlabeled.
         images = tf.concat([batch[keys.X], *strong_u, *strong_x], 0)
-        targets = tf.concat([tf.one_hot(tf.cast(batch[keys.LABEL], tf.int32), self.nclass)] + [guess_u] * s.K
-                            + [guess_x] * len(strong_x), 0)
-        n_x, n_u = tf.shape(batch[keys.X])[0], tf.shape(batch[keys.U_WEAK])[0]
-        n_pool, n_rows = n_x + s.K * n_u, tf.shape(images)[0]
+        n_pool, n_rows = tf.shape(batch[keys.X])[0] + s.K * tf.shape(batch[keys.U_WEAK])[0], tf.shape(images)[0]
         partners, lam = losses.mixmatch_plan(n_rows, n_pool, s.beta, losses.step_seed(s.seed, step, MIX_SALT))
-        mixed_images, mixed_targets = losses.mixup(images, targets, partners, lam)
         # Rotations of the first strong view of every unlabeled (then, with --debiased, labeled) image.
         first = tf.concat([strong_u[0], *strong_x[:1]], 0)
-        turns = tf.random.stateless_uniform([tf.shape(first)[0]], losses.step_seed(s.seed, step, ROTATION_SALT),
-                                            0, 4, dtype=tf.int32)
-        logits, features = self.classifier(tf.concat([mixed_images, first, rotate_quarter_turns(first, turns)], 0),
-                                           training=True)
         n_first = tf.shape(first)[0]
+        turns = tf.random.stateless_uniform([n_first], losses.step_seed(s.seed, step, ROTATION_SALT), 0, 4,
+                                            dtype=tf.int32)
+        logits, features = self.classifier(tf.concat([losses.mix_images(images, partners, lam), first,
+                                                      rotate_quarter_turns(first, turns)], 0), training=True)
         logits_mixed, logits_first, _ = tf.split(logits, [n_rows, n_first, n_first], 0)
         logits_rot = self.rotation_head(tf.split(features, [n_rows + n_first, n_first], 0)[1])
-        sizes = [n_x, n_rows - n_x]
-        logits_x, logits_mixed_u = tf.split(logits_mixed, sizes, 0)
-        targets_x, targets_u = tf.split(mixed_targets, sizes, 0)
-        xe = tf.reduce_mean(losses.soft_cross_entropy(targets_x, logits_x))
-        h_match = losses.soft_cross_entropy(targets_u, logits_mixed_u)
-        h_first = losses.soft_cross_entropy(tf.concat([guess_u, *([guess_x] if s.debiased else [])], 0), logits_first)
-        h_rot = losses.cross_entropy(turns, logits_rot)
-        u_rows, first_rows = [s.K * n_u, n_rows - n_pool], [n_u, n_first - n_u]
-        (match_u, match_x), (first_u, first_x), (rot_u, rot_x) = (
-            tf.split(h_match, u_rows, 0), tf.split(h_first, first_rows, 0), tf.split(h_rot, first_rows, 0))
-        if not s.debiased:
-            match_x = first_x = rot_x = None
-        ramp = losses.linear_rampup(step, self.trainer.kimg_to_steps(s.warmup_kimg))
-        match, _ = self.bias.unlabeled(ramp * match_u, None if match_x is None else ramp * match_x)
-        kl = losses.dessl_mean(first_u, first_x)
-        rot = losses.dessl_mean(rot_u, rot_x)
-        loss = xe + match + s.w_kl * ramp * kl + s.w_rot * rot
-        return loss, {keys.XE: xe, keys.XEU: tf.reduce_mean(match_u), 'losses/kl': tf.reduce_mean(first_u),
-                      'losses/rot': tf.reduce_mean(rot_u), keys.WU: s.wu * ramp}
+        loss, logs, history = remixmatch_loss(
+            batch[keys.LABEL], weak_logits[0], self.p_labeled, self.p_model_history, step, logits_mixed, partners, lam,
+            s.K, logits_first, logits_rot, turns, s.T, s.wu, s.w_kl, s.w_rot,
+            losses.linear_rampup(step, self.trainer.kimg_to_steps(s.warmup_kimg)),
+            weak_logits[1] if s.debiased else None, means=losses.Corrected(self.bias))
+        self.p_model_history.assign(history)
+        return loss, logs
+
+
+def remixmatch_loss(labels, logits_weak, p_labeled, p_model_history, step, logits_mixed, partners, lam, K,
+                    logits_first, logits_rot, turns, T=0.5, wu=1.5, w_kl=0.5, w_rot=0.5, ramp=1.0, logits_weak_x=None,
+                    means=None):
+    """ReMixMatch's loss and alignment state from the caller's passes (the module docstring's equations):
+    logits_weak (uB, C) of the weak views (guess pass); logits_mixed (B + K uB [+ K B], C) = model(Mix(W)) of
+    the rows [x | K strong views of u | (DeSSL) K strong views of x] mixed with `partners`, `lam`
+    (losses.mixmatch_plan, losses.mix_images); logits_first of the first strong view of each unlabeled
+    (then DeSSL labeled) image and logits_rot (4 classes) of the rotation head on those images rotated by
+    turns * 90 degrees. p_labeled (C,); p_model_history (128, C) of batch means: this step's goes to row
+    step mod 128 first, p_model = its mean. labels int (B,); ramp r(t) on wu and w_kl; logits_weak_x: DeSSL's
+    labeled views as unlabeled. Returns (L, {losses/xe, losses/xeu, losses/kl, losses/rot, monitors/wu}, history)."""
+    means = means or losses.Means(wu)
+    probs = [tf.stop_gradient(tf.nn.softmax(p)) for p in [logits_weak] + ([] if logits_weak_x is None else
+                                                                          [logits_weak_x])]
+    row = tf.cast(step % p_model_history.shape[0], tf.int32)
+    history = tf.tensor_scatter_nd_update(p_model_history, [[row]], [tf.reduce_mean(probs[0], 0)])
+    p_model = tf.reduce_mean(history, 0)
+    guess_u, *guess_x = [losses.sharpen(losses.distribution_alignment(p, p_labeled, p_model), T) for p in probs]
+    n_x, n_u = tf.shape(labels)[0], tf.shape(logits_weak)[0]
+    targets = tf.concat([tf.one_hot(tf.cast(labels, tf.int32), logits_mixed.shape[-1])] + [guess_u] * K
+                        + guess_x * K, 0)
+    n_rows, n_first = tf.shape(targets)[0], tf.shape(logits_first)[0]
+    logits_x, logits_mixed_u = tf.split(logits_mixed, [n_x, n_rows - n_x], 0)
+    targets_x, targets_u = tf.split(losses.mix_targets(targets, partners, lam), [n_x, n_rows - n_x], 0)
+    xe = tf.reduce_mean(losses.soft_cross_entropy(targets_x, logits_x))
+    h_match = losses.soft_cross_entropy(targets_u, logits_mixed_u)
+    h_first = losses.soft_cross_entropy(tf.concat([guess_u, *guess_x], 0), logits_first)
+    h_rot = losses.cross_entropy(turns, logits_rot)
+    u_rows, first_rows = [K * n_u, n_rows - n_x - K * n_u], [n_u, n_first - n_u]
+    (match_u, match_x), (first_u, first_x), (rot_u, rot_x) = (
+        tf.split(h_match, u_rows, 0), tf.split(h_first, first_rows, 0), tf.split(h_rot, first_rows, 0))
+    if not guess_x:
+        match_x = first_x = rot_x = None
+    match, _ = means.unlabeled(ramp * match_u, h_on_labeled=None if match_x is None else ramp * match_x)
+    kl = losses.dessl_mean(first_u, first_x)
+    rot = losses.dessl_mean(rot_u, rot_x)
+    loss = xe + match + w_kl * ramp * kl + w_rot * rot
+    return loss, {keys.XE: xe, keys.XEU: tf.reduce_mean(match_u), 'losses/kl': tf.reduce_mean(first_u),
+                  'losses/rot': tf.reduce_mean(rot_u), keys.WU: wu * ramp}, history
 
 
 if __name__ == '__main__':

@@ -17,6 +17,9 @@ After the loss, every labeled image j of the global batch: bank[:, j] <- normali
 (per column; an image drawn twice in one step uses the mean of its embeddings). T 0.1, alpha 0.9, tau 0.95.
 Label-bias add-ons: --CAI multiplies tau by its per-class factor; --CAP, --CADR, --mnar_estimate (on L_u),
 --debiased (subtracts L_u and L_in computed on the labeled images: weak x gives the targets of strong x).
+Pure loss, for any training loop: simmatch_loss(labels, logits_x, logits_weak, logits_strong, emb_x, emb_weak,
+emb_strong, x_index, bank, labels_bank, queue, step, ...) -> (loss, logs, (bank, queue)); the caller runs the
+model and the projection head.
 """
 import os
 import sys
@@ -107,17 +110,6 @@ class SimMatch(train.Algorithm):
     def embed(self, features):
         return tf.math.l2_normalize(self.head(tf.cast(features, tf.float32)), axis=1)
 
-    def terms(self, logits_weak, emb_weak, logits_strong, emb_strong, thresholds, started):
-        """(per-image masked H(p~, strong), per-image L_in, mask) of one set of images."""
-        s = self.settings
-        probs_w = uniform_aligned(tf.nn.softmax(tf.stop_gradient(logits_weak)), tf.reduce_mean(self.queue, 0))
-        combined, unfolded = similarity_targets(probs_w, tf.stop_gradient(emb_weak), self.bank, self.labels_bank,
-                                                s.T, s.alpha)
-        targets = tf.where(started, combined, probs_w)
-        mask = losses.confidence_mask(targets, thresholds)
-        h = mask * losses.soft_cross_entropy(targets, logits_strong)
-        return h, tf.cast(started, tf.float32) * instance_term(unfolded, emb_strong, self.bank, s.T), mask
-
     def loss(self, batch, step):
         s = self.settings
         names = [name for name in (keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG) if name in batch]
@@ -126,29 +118,59 @@ class SimMatch(train.Algorithm):
         logits = dict(zip(names, tf.split(tf.cast(logits, tf.float32), sizes, 0)))
         emb = dict(zip(names, tf.split(self.embed(features), sizes, 0)))
         self.bias.update(logits[keys.U_WEAK])
-        ctx = tf.distribute.get_replica_context()
-        mean_p = tf.reduce_mean(ctx.all_gather(tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK])), 0), 0)
-        mean_p = tf.reshape(mean_p, [self.nclass])
-        row = tf.cast(step % QUEUE, tf.int32)
-        self.queue.assign(tf.tensor_scatter_nd_update(self.queue, [[row]], [mean_p]))
-        started = step >= self.trainer.kimg_to_steps(s.start_kimg)
-        thresholds = self.bias.thresholds(s.confidence)
-        labels = batch[keys.LABEL]
-        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        h_u, in_u, mask = self.terms(logits[keys.U_WEAK], emb[keys.U_WEAK], logits[keys.U_STRONG],
-                                     emb[keys.U_STRONG], thresholds, started)
-        h_x = in_x = None
-        if self.bias.needs_labeled_term:
-            h_x, in_x, _ = self.terms(logits[keys.X], emb[keys.X], logits[keys.X_STRONG], emb[keys.X_STRONG],
-                                      thresholds, started)
-        unlabeled, xeu = self.bias.unlabeled(h_u, h_x, labels)
-        instance = losses.dessl_mean(in_u, in_x if s.debiased else None)
-        index = ctx.all_gather(batch[keys.X_INDEX], 0)
-        embedded = devices.global_rows(tf.stop_gradient(emb[keys.X]))
-        with tf.control_dependencies([instance, unlabeled]):  # the bank changes after the loss has read it
-            self.bank.assign(updated_bank(self.bank, index, embedded))
-        return xe + unlabeled + s.w_in * instance, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
-                                                    'losses/in': tf.reduce_mean(in_u)}
+        x_strong = (logits[keys.X_STRONG], emb[keys.X_STRONG]) if self.bias.needs_labeled_term else None
+        loss, logs, (bank, queue) = simmatch_loss(
+            batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], emb[keys.X],
+            emb[keys.U_WEAK], emb[keys.U_STRONG], batch[keys.X_INDEX], self.bank, self.labels_bank, self.queue, step,
+            self.trainer.kimg_to_steps(s.start_kimg), self.bias.thresholds(s.confidence), s.T, s.alpha, s.wu, s.w_in,
+            x_strong, s.debiased, gather=devices.global_rows, means=losses.Corrected(self.bias))
+        self.queue.assign(queue)
+        with tf.control_dependencies([loss]):  # the bank changes after the loss has read it
+            self.bank.assign(bank)
+        return loss, logs
+
+
+def simmatch_terms(logits_weak, emb_weak, logits_strong, emb_strong, bank, labels_bank, p_model, confidence, started,
+                   T=0.1, alpha=0.9):
+    """(per-image masked H(p~, strong), per-image L_in (0 before `started`), mask) of one set of images."""
+    probs_w = uniform_aligned(tf.nn.softmax(tf.stop_gradient(logits_weak)), p_model)
+    combined, unfolded = similarity_targets(probs_w, tf.stop_gradient(emb_weak), bank, labels_bank, T, alpha)
+    targets = tf.where(started, combined, probs_w)
+    mask = losses.confidence_mask(targets, confidence)
+    h = mask * losses.soft_cross_entropy(targets, logits_strong)
+    return h, tf.cast(started, tf.float32) * instance_term(unfolded, emb_strong, bank, T), mask
+
+
+def simmatch_loss(labels, logits_x, logits_weak, logits_strong, emb_x, emb_weak, emb_strong, x_index, bank, labels_bank,
+                  queue, step, start_steps=0, confidence=0.95, T=0.1, alpha=0.9, wu=1.0, w_in=1.0, x_strong=None,
+                  subtract_instance=False, gather=None, means=None):
+    """SimMatch's loss and state update (the module docstring's equations): queue row t mod 32 <- mean p first,
+    then L = mean_l H(y, x) + wu L_u + w_in L_in, and the bank columns of the labeled images x_index updated.
+    logits (B, K), (uB, K); emb_* the L2-normalised embeddings of the same images (e_w, e_s, e(x));
+    bank (D, n_l), labels_bank (n_l,), queue (32, K): the state before step t; start_steps: before it p~ = p_w,
+    L_in = 0; confidence tau scalar or per-class; x_strong: (logits, embeddings) of the labeled images' strong
+    view, whose L_u goes to means.unlabeled (label-bias corrections) and whose L_in is subtracted with
+    subtract_instance (DeSSL); gather(v) -> the global batch's rows (default: this batch).
+    Returns (L, {losses/xe, losses/xeu, monitors/mask, losses/in}, (bank, queue) after the step)."""
+    means = means or losses.Means(wu)
+    gather = gather or tf.identity
+    mean_p = tf.reduce_mean(gather(tf.nn.softmax(tf.stop_gradient(logits_weak))), 0)
+    queue = tf.tensor_scatter_nd_update(queue, [[tf.cast(step % queue.shape[0], tf.int32)]], [mean_p])
+    started = step >= start_steps
+
+    def terms(weak, emb_w, strong, emb_s):
+        return simmatch_terms(weak, emb_w, strong, emb_s, bank, labels_bank, tf.reduce_mean(queue, 0), confidence,
+                              started, T, alpha)
+
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    h_u, in_u, mask = terms(logits_weak, emb_weak, logits_strong, emb_strong)
+    h_x, in_x, _ = terms(logits_x, emb_x, *x_strong) if x_strong is not None else (None, None, None)
+    unlabeled, xeu = means.unlabeled(h_u, labels, h_on_labeled=h_x)
+    instance = losses.dessl_mean(in_u, in_x if subtract_instance else None)
+    loss = xe + unlabeled + w_in * instance
+    bank_after = updated_bank(bank, gather(x_index), gather(tf.stop_gradient(emb_x)))
+    return loss, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask), 'losses/in': tf.reduce_mean(in_u)}, (
+        bank_after, queue)
 
 
 if __name__ == '__main__':

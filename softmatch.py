@@ -13,6 +13,8 @@ var = 1. With p = stop_gradient(softmax(model(weak(u)))) of the global batch (al
 The aligned probabilities are not put through a second softmax (USB did before April 2023; see README).
 Label-bias add-ons: --CAP, --debiased, --mnar_estimate (the term on the labeled images with the same
 mu, var and p_model); no confidence threshold: --CAI and --CADR are refused.
+Pure loss, for any training loop: softmatch_loss(labels, logits_x, logits_weak, logits_strong, p_model, mu,
+var, started, ema_p, n_sigma, wu) -> (loss, logs, (p_model, mu, var, started)).
 """
 import os
 import sys
@@ -77,30 +79,48 @@ class SoftMatch(train.Algorithm):
         self.var = tf.Variable(1., trainable=False, name='var', aggregation=first)
         return dict(p_model=self.p_model, started=self.started, mu=self.mu, var=self.var)
 
-    def term(self, logits_weak, logits_strong):
-        """(w_i H(argmax weak_i, strong_i) (n,), w (n,)) with the current p_model, mu and var."""
-        aligned = uniform_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), self.p_model)
-        weights = truncated_gaussian_weights(tf.reduce_max(aligned, 1), self.mu, self.var, self.settings.n_sigma)
-        return weights * losses.cross_entropy(tf.argmax(logits_weak, 1), logits_strong), weights
-
     def loss(self, batch, step):
         s = self.settings
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
-        probs = tf.nn.softmax(tf.stop_gradient(logits[keys.U_WEAK]))
-        every = devices.global_rows(probs)
-        self.p_model.assign(updated_p_model(self.p_model, self.started, every, s.ema_p))
-        self.started.assign(1.)
-        mu, var = updated_gaussian(self.mu, self.var, tf.reduce_max(uniform_alignment(every, self.p_model), 1), s.ema_p)
-        self.mu.assign(mu)
-        self.var.assign(var)
-        labels = batch[keys.LABEL]
-        xe = self.bias.labeled(losses.cross_entropy(labels, logits[keys.X]), labels)
-        h_unlabeled, weights = self.term(logits[keys.U_WEAK], logits[keys.U_STRONG])
-        h_labeled = self.term(logits[keys.X], logits[keys.X_STRONG])[0] if self.bias.needs_labeled_term else None
-        unlabeled, xeu = self.bias.unlabeled(h_unlabeled, h_labeled, labels)
-        return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(weights),
-                                'monitors/mu': tf.convert_to_tensor(self.mu)}
+        on_labeled = (logits[keys.X], logits[keys.X_STRONG]) if self.bias.needs_labeled_term else None
+        loss, logs, state = softmatch_loss(
+            batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], self.p_model, self.mu,
+            self.var, self.started, s.ema_p, s.n_sigma, s.wu, gather=devices.global_rows,
+            means=losses.Corrected(self.bias, views_on_labeled=on_labeled))
+        for variable, value in zip((self.p_model, self.mu, self.var, self.started), state):
+            variable.assign(value)
+        return loss, logs
+
+
+def softmatch_term(logits_weak, logits_strong, p_model, mu, var, n_sigma=2.):
+    """(w_i H(argmax weak_i, strong_i) (n,), w (n,)), w the truncated-Gaussian weight of the aligned max p."""
+    aligned = uniform_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), p_model)
+    weights = truncated_gaussian_weights(tf.reduce_max(aligned, 1), mu, var, n_sigma)
+    return weights * losses.cross_entropy(tf.argmax(logits_weak, 1), logits_strong), weights
+
+
+def softmatch_loss(labels, logits_x, logits_weak, logits_strong, p_model, mu, var, started, ema_p=0.999, n_sigma=2.,
+                   wu=1.0, gather=None, means=None):
+    """SoftMatch's loss and state update from logits (the module docstring's equations): p_model, then mu
+    and var step on p = stop_gradient(softmax(logits_weak)) first, then
+      L = mean_l H(y, x) + wu mean_u[w_i H(argmax weak_i, strong_i)].
+    labels int (B,); logits (B, K), (uB, K); p_model (K,), mu, var, started (0 before the first step, then
+    1): the state before the step; gather(v) -> the global batch's rows of v (default: this batch).
+    Returns (L, {losses/xe, losses/xeu, monitors/mask: mean w, monitors/mu}, (p_model, mu, var, started))."""
+    means = means or losses.Means(wu)
+    every = (gather or tf.identity)(tf.nn.softmax(tf.stop_gradient(logits_weak)))
+    p_model = updated_p_model(p_model, started, every, ema_p)
+    mu, var = updated_gaussian(mu, var, tf.reduce_max(uniform_alignment(every, p_model), 1), ema_p)
+
+    def term(weak, strong):
+        return softmatch_term(weak, strong, p_model, mu, var, n_sigma)
+
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    h_unlabeled, weights = term(logits_weak, logits_strong)
+    unlabeled, xeu = means.unlabeled(h_unlabeled, labels, term)
+    return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(weights),
+                            'monitors/mu': tf.convert_to_tensor(mu)}, (p_model, mu, var, tf.ones([]))
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ entropy term is on the weak view, with its gradient, as the reference. Training-
 DeSSL (Schmutz et al., ICLR 2023), --debiased: the unlabeled terms are also computed on the labeled
 images (weak view = the labeled view x, plus a strong view) and subtracted:
 L - wu * mean_l[mask * KL] - we * mean_l entropy. --wu=0 --we=0 leaves the labeled term only.
+Pure loss, for any training loop: uda_loss(labels, logits_x, logits_weak, logits_strong, confidence, T, wu, we).
 """
 import os
 import sys
@@ -66,16 +67,30 @@ class UDA(train.Algorithm):
         logits = self.forward_views(batch, keys.X, keys.X_STRONG, keys.U_WEAK, keys.U_STRONG)
         self.bias.update(logits[keys.U_WEAK])
         thresholds = self.bias.thresholds(s.confidence)
-        xe = self.bias.labeled(losses.cross_entropy(batch[keys.LABEL], logits[keys.X]), batch[keys.LABEL])
         weak = self.bias.pseudo_logits(batch.get(keys.U_INDEX), logits[keys.U_WEAK], step)  # --darp: refined rows
-        h_u, mask = uda_term(weak, logits[keys.U_STRONG], s.T, thresholds)
         labeled_too = self.bias.needs_labeled_term
         h_x = uda_term(logits[keys.X], logits[keys.X_STRONG], s.T, thresholds)[0] if labeled_too else None
-        unlabeled, kl = self.bias.unlabeled(h_u, h_x, batch[keys.LABEL])
-        entropy = losses.dessl_mean(losses.entropy(logits[keys.U_WEAK]),
-                                    losses.entropy(logits[keys.X]) if s.debiased else None)
-        return xe + unlabeled + s.we * entropy, {keys.XE: xe, keys.XEU: kl, 'losses/entropy': entropy,
-                                                 keys.MASK: tf.reduce_mean(mask)}
+        return uda_loss(batch[keys.LABEL], logits[keys.X], logits[keys.U_WEAK], logits[keys.U_STRONG], thresholds,
+                        s.T, s.wu, s.we, logits_target=weak, logits_x_entropy=logits[keys.X] if s.debiased else None,
+                        means=losses.Corrected(self.bias, h_x))
+
+
+def uda_loss(labels, logits_x, logits_weak, logits_strong, confidence=0.95, T=1.0, wu=1.0, we=0.0, logits_target=None,
+             logits_x_entropy=None, means=None):
+    """UDA's loss from logits (nats), p_w = softmax(weak), q = softmax(weak / T), both constants:
+      L = mean_l H(y, x) + wu mean_u[1(max p_w >= tau) KL(q || softmax(strong))] + we mean_u entropy(weak)
+    (the entropy with its gradient). labels int (B,); logits_x (B, K); logits_weak, logits_strong (uB, K);
+    confidence tau scalar or per-class (K,); logits_target: logits the target and mask come from instead of
+    logits_weak (--darp's refined rows); logits_x_entropy: with DeSSL, the labeled logits whose mean entropy
+    is subtracted. Returns (L, {losses/xe, losses/xeu, losses/entropy, monitors/mask})."""
+    means = means or losses.Means(wu)
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    h_u, mask = uda_term(logits_weak if logits_target is None else logits_target, logits_strong, T, confidence)
+    unlabeled, kl = means.unlabeled(h_u, labels)
+    entropy = losses.dessl_mean(losses.entropy(logits_weak),
+                                None if logits_x_entropy is None else losses.entropy(logits_x_entropy))
+    return xe + unlabeled + we * entropy, {keys.XE: xe, keys.XEU: kl, 'losses/entropy': entropy,
+                                           keys.MASK: tf.reduce_mean(mask)}
 
 
 if __name__ == '__main__':

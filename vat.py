@@ -30,6 +30,8 @@ curvature, would set the direction).
 
 Optimizer as the reference: Adam at a constant lr 0.002, then decoupled weight decay on the kernels
 after each step, w <- w * (1 - lr * wd) with wd = 0.02.
+Pure loss, for any training loop: vat_loss(labels, logits_x, images_u, logits_u, logits_fn, direction, eps,
+xi, wu, ramp, entmin_weight); logits_fn is the model (images -> logits).
 """
 import os
 import sys
@@ -70,33 +72,51 @@ class VAT(train.Algorithm):
     def logits_no_bn_update(self, images):
         return self.forward(images, update_bn=False)[0]
 
-    def vat_term(self, images, logits, step, stream):
-        """KL(p(x) || softmax(model(x + r_adv))) per image (N,), p(x) = stop_gradient(softmax(logits))."""
-        images = tf.cast(images, tf.float32)
-        clean = tf.stop_gradient(tf.nn.softmax(tf.cast(logits, tf.float32)))
-        seed = losses.step_seed(self.settings.seed, step, stream)
-        direction = tf.random.stateless_normal(tf.shape(images), seed)
-        r_adv = adversarial_perturbation(self.logits_no_bn_update, images, clean, direction, self.settings.vat_eps,
-                                         self.settings.vat_xi)
-        return losses.kl_divergence(clean, self.logits_no_bn_update(images + r_adv))
+    def direction(self, images, step, stream):
+        """The random start d ~ N(0, I) of the power iteration, a function of (--seed, step, stream, replica)."""
+        return tf.random.stateless_normal(tf.shape(images), losses.step_seed(self.settings.seed, step, stream))
 
     def loss(self, batch, step):
         s = self.settings
         logits_x = self.forward(batch[keys.X])[0]
         logits_u = self.logits_no_bn_update(batch[keys.U_WEAK])
         self.bias.update(logits_u)
-        xe = cm.supervised_xe(self, batch, logits_x)
-        h_unlabeled = self.vat_term(batch[keys.U_WEAK], logits_u, step, UNLABELED_STREAM)
-        h_labeled = self.vat_term(batch[keys.X], logits_x, step, LABELED_STREAM) if self.bias.needs_labeled_term \
-            else None
-        unlabeled, logs = cm.ramped_unlabeled_loss(self, h_unlabeled, h_labeled, batch[keys.LABEL], step)
-        loss = xe + unlabeled
-        if s.entmin_weight:
-            entropy_u = tf.reduce_mean(losses.entropy(logits_u))
-            entropy = entropy_u - tf.reduce_mean(losses.entropy(logits_x)) if s.debiased else entropy_u
-            loss += s.entmin_weight * entropy
-            logs['losses/entropy'] = entropy_u
-        return loss, {keys.XE: xe, **logs}
+        h_labeled = (lambda: vat_term(self.logits_no_bn_update, batch[keys.X], logits_x, self.direction(
+            batch[keys.X], step, LABELED_STREAM), s.vat_eps, s.vat_xi)) if self.bias.needs_labeled_term else None
+        return vat_loss(batch[keys.LABEL], logits_x, batch[keys.U_WEAK], logits_u, self.logits_no_bn_update,
+                        self.direction(batch[keys.U_WEAK], step, UNLABELED_STREAM), s.vat_eps, s.vat_xi, s.wu,
+                        cm.rampup(self, step), s.entmin_weight, logits_x if s.debiased else None,
+                        means=losses.Corrected(self.bias, h_labeled))
+
+
+def vat_term(logits_fn, images, logits, direction, eps=6.0, xi=1e-6):
+    """KL(p(x) || softmax(logits_fn(x + r_adv))) per image (N,), p(x) = stop_gradient(softmax(logits)),
+    r_adv from `adversarial_perturbation` started at the random `direction` (the shape of images)."""
+    images = tf.cast(images, tf.float32)
+    clean = tf.stop_gradient(tf.nn.softmax(tf.cast(logits, tf.float32)))
+    r_adv = adversarial_perturbation(logits_fn, images, clean, direction, eps, xi)
+    return losses.kl_divergence(clean, logits_fn(images + r_adv))
+
+
+def vat_loss(labels, logits_x, images_u, logits_u, logits_fn, direction, eps=6.0, xi=1e-6, wu=0.3, ramp=1.0,
+             entmin_weight=0.06, logits_x_entropy=None, means=None):
+    """VAT's loss (the module docstring's equations). Needs the model: logits_fn(images) -> logits, called
+    on perturbed unlabeled images (twice: the probe and r_adv). labels int (B,); logits_x (B, K);
+    images_u (uB, ...) float in [-1, 1] and logits_u = logits_fn(images_u) (uB, K); direction (uB, ...)
+    ~ N(0, I), the power iteration's start; eps, xi L2 norms per image; ramp r(t) on wu (not on the
+    entropy); logits_x_entropy: with DeSSL, the labeled logits whose mean entropy is subtracted.
+    Returns (L, {losses/xe, losses/xeu, monitors/wu, losses/entropy (with entmin_weight)})."""
+    means = means or losses.Means(wu)
+    xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
+    unlabeled, mean_u = means.unlabeled(vat_term(logits_fn, images_u, logits_u, direction, eps, xi), labels)
+    loss, logs = xe + ramp * unlabeled, {keys.XE: xe, keys.XEU: mean_u, keys.WU: ramp * wu}
+    if entmin_weight:
+        entropy_u = tf.reduce_mean(losses.entropy(logits_u))
+        entropy = entropy_u if logits_x_entropy is None else entropy_u - tf.reduce_mean(losses.entropy(
+            logits_x_entropy))
+        loss += entmin_weight * entropy
+        logs['losses/entropy'] = entropy_u
+    return loss, logs
 
 
 def unit_vectors(d):

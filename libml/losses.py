@@ -6,6 +6,8 @@ stops their gradient where the method says so).
 """
 import tensorflow as tf
 
+from libml import keys
+
 CONSISTENCIES = ('mse', 'l1', 'kl', 'jsd')
 
 
@@ -133,11 +135,18 @@ def reversed_partners(n):
 
 def mixup(x, y, partner_index, lam):
     """(lam x + (1 - lam) x[partner], lam y + (1 - lam) y[partner]), lam per row (N,)."""
-    shape = [-1] + [1] * (len(x.shape) - 1)
-    lam_x = tf.reshape(lam, shape)
-    mixed_x = lam_x * x + (1 - lam_x) * tf.gather(x, partner_index)
-    mixed_y = lam[:, None] * y + (1 - lam[:, None]) * tf.gather(y, partner_index)
-    return mixed_x, mixed_y
+    return mix_images(x, partner_index, lam), mix_targets(y, partner_index, lam)
+
+
+def mix_images(x, partner_index, lam):
+    """lam x + (1 - lam) x[partner] per row of a batch x (N, ...), lam (N,)."""
+    lam_x = tf.reshape(lam, [-1] + [1] * (len(x.shape) - 1))
+    return lam_x * x + (1 - lam_x) * tf.gather(x, partner_index)
+
+
+def mix_targets(y, partner_index, lam):
+    """lam y + (1 - lam) y[partner] per row of targets y (N, K), lam (N,)."""
+    return lam[:, None] * y + (1 - lam[:, None]) * tf.gather(y, partner_index)
 
 
 def linear_rampup(step, ramp_steps):
@@ -190,3 +199,76 @@ def mixmatch_plan(n_rows, n_pool, alpha, seed):
     rows (`mixup_partners`), lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha)."""
     partner_seed, lambda_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     return mixup_partners(n_rows, n_pool, partner_seed), mixup_lambda(n_rows, alpha, lambda_seed)
+
+
+class Means:
+    """How a method's per-sample terms become its loss, as the papers write it: the labeled term
+    mean_l H_i and the unlabeled term wu * mean_u h_i. Every method's pure loss function (the
+    `<method>_loss` of each entry script) takes such an object as `means` (default Means(wu));
+    the training loop passes `Corrected` for its label-bias add-ons."""
+
+    def __init__(self, wu=1.0):
+        self.wu = wu
+
+    def labeled(self, h_labeled, labels):
+        """mean_l H, a scalar, from per-sample labeled cross-entropies (B,)."""
+        del labels
+        return tf.reduce_mean(h_labeled)
+
+    def unlabeled(self, h_unlabeled, labels=None, term=None, h_on_labeled=None):
+        """(wu * mean_u h, mean_u h) from the per-sample unlabeled term (uB,). For `Corrected`: term(logits_weak,
+        logits_strong) -> (h, ...), the method's per-sample term with this step's state; h_on_labeled, the
+        term on the labeled images where the method computes it itself (MixMatch's DeSSL rows)."""
+        del labels, term, h_on_labeled
+        mean_u = tf.reduce_mean(h_unlabeled)
+        return self.wu * mean_u, mean_u
+
+
+class Corrected(Means):
+    """The means of libml/debias.LabelBias `bias`: its corrected labeled term (CAP, MNAR) and its
+    unlabeled term minus the correction computed from the method's unlabeled term on the labeled
+    images (DeSSL, MNAR, CADR): `h_on_labeled` (B,) (or a function giving it), or the method's `term` applied to
+    `views_on_labeled` = (weak logits, strong logits) of the labeled images; None when no correction needs it.
+    update_between(): a label-bias state update to run after the labeled term and before the unlabeled one."""
+
+    def __init__(self, bias, h_on_labeled=None, views_on_labeled=None, update_between=None):
+        super().__init__(bias.settings.get('wu', 1.0))
+        self.bias = bias
+        self.h_on_labeled = h_on_labeled
+        self.views_on_labeled = views_on_labeled
+        self.update_between = update_between  # Mean Teacher: p_hat's update after the labeled term
+
+    def labeled(self, h_labeled, labels):
+        return self.bias.labeled(h_labeled, labels)
+
+    def unlabeled(self, h_unlabeled, labels=None, term=None, h_on_labeled=None):
+        if self.update_between is not None:
+            self.update_between()
+        h_on_labeled = self.h_on_labeled if h_on_labeled is None else h_on_labeled
+        if callable(h_on_labeled):  # computed here, after the unlabeled term (VAT: the order of its passes)
+            h_on_labeled = h_on_labeled()
+        if self.views_on_labeled is not None:
+            h_on_labeled = term(*self.views_on_labeled)[0]
+        return self.bias.unlabeled(h_unlabeled, h_on_labeled, labels)
+
+
+def mean_over_views(terms):
+    """The mean of per-sample terms over views: the term itself for one view, else add_n / count."""
+    terms = list(terms)
+    return terms[0] if len(terms) == 1 else tf.add_n(terms) / len(terms)
+
+
+def as_list(logits):
+    """[logits] for one tensor, list(logits) for a list or tuple of views."""
+    return list(logits) if isinstance(logits, (list, tuple)) else [logits]
+
+
+def ramped_loss(labels, logits_x, h_unlabeled, wu, ramp=1.0, means=None):
+    """The loss of the consistency baselines (libml/consistency_methods.py) from per-sample terms:
+      L = mean_l H(y, x) + r * wu * mean_u h,   r = `ramp` (the step's ramp-up weight in [0, 1]).
+    labels int (B,), logits_x (B, K), h_unlabeled (uB,); means: Means(wu) by default.
+    Returns (L, {losses/xe, losses/xeu: mean_u h, monitors/wu: r * wu})."""
+    means = means or Means(wu)
+    xe = means.labeled(cross_entropy(labels, logits_x), labels)
+    unlabeled, mean_u = means.unlabeled(h_unlabeled, labels)
+    return xe + ramp * unlabeled, {keys.XE: xe, keys.XEU: mean_u, keys.WU: ramp * wu}
