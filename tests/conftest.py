@@ -1,4 +1,5 @@
 """Shared test setup: project root on sys.path, quiet TensorFlow, a private $ML_DATA per session."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,6 +27,17 @@ def fashion_mnist_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('fashion_mnist_data'))
     registry.convert('fashion_mnist', root=root)
     return root
+
+
+@contextlib.contextmanager
+def ml_data(root):
+    """$ML_DATA = root inside the block, for module-scoped fixtures (monkeypatch is per test)."""
+    previous = os.environ.get('ML_DATA')
+    os.environ['ML_DATA'] = str(root)
+    try:
+        yield root
+    finally:
+        os.environ['ML_DATA'] = previous or ''
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import mixup
 import remixmatch
 import uda
 import fakes
-from conftest import run_scripts
+from conftest import run_scripts, ml_data
 from libml import losses
 from libml import settings as settings_lib
 from libml import train
@@ -525,12 +525,8 @@ SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema
 
 
 def short_run(cls, root, train_dir, **settings):
-    previous = os.environ.get('ML_DATA')
-    os.environ['ML_DATA'] = root
-    try:
+    with ml_data(root):
         return cls.run(**SHORT, train_dir=str(train_dir), **settings)
-    finally:
-        os.environ['ML_DATA'] = previous or ''
 
 
 def test_short_mixmatch_run_learns(fashion_mnist_root, tmp_path):

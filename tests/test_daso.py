@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import ml_data
 import fixmatch
 import flexmatch
 import mixmatch
@@ -232,12 +233,8 @@ LONG_TAILED = dict(dataset='fashion_mnist_IMB_10_U1000_10.1@100-1', filters=8, r
 @pytest.fixture(scope='module')
 def daso_run(fashion_mnist_root, tmp_path_factory):
     train_dir = str(tmp_path_factory.mktemp('daso'))
-    previous = os.environ.get('ML_DATA')
-    os.environ['ML_DATA'] = fashion_mnist_root
-    try:
+    with ml_data(fashion_mnist_root):
         return fixmatch.FixMatch.run(train_dir=train_dir, **LONG_TAILED), train_dir
-    finally:
-        os.environ['ML_DATA'] = previous or ''
 
 
 def test_short_long_tailed_run_learns(daso_run):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
+from conftest import ROOT, ml_data
 from libml import data
 from libml import records
 from libml import utils
@@ -22,13 +22,9 @@ import export  # noqa: E402
 
 @pytest.fixture(scope='module')
 def tiny_run(fashion_mnist_root, tmp_path_factory):
-    previous = os.environ.get('ML_DATA')
-    os.environ['ML_DATA'] = fashion_mnist_root
-    try:
+    with ml_data(fashion_mnist_root):
         # every test image (not the tests' 1,000): compared with evaluate.py, which reads them all
         yield run_tiny(tmp_path_factory.mktemp('run'), train_kimg=0.25, report_kimg=0.25, save_kimg=0.125, eval_size=0)
-    finally:
-        os.environ['ML_DATA'] = previous or ''
 
 
 def test_evaluate_matches_the_training_evaluation(tiny_run, fashion_mnist):

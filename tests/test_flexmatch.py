@@ -13,7 +13,7 @@ import tensorflow as tf
 import fakes
 from fakes import TableModel, rows
 import flexmatch
-from conftest import ROOT
+from conftest import ROOT, ml_data
 from libml import data
 from libml import settings as settings_lib
 from libml import train
@@ -164,12 +164,8 @@ SHORT = dict(dataset='fashion_mnist.1@250-1', filters=8, repeat=1, batch=32, ema
 @pytest.fixture(scope='module')
 def flexmatch_run(fashion_mnist_root, tmp_path_factory):
     train_dir = str(tmp_path_factory.mktemp('flexmatch'))
-    previous = os.environ.get('ML_DATA')
-    os.environ['ML_DATA'] = fashion_mnist_root
-    try:
+    with ml_data(fashion_mnist_root):
         return flexmatch.FlexMatch.run(train_dir=train_dir, **SHORT), train_dir
-    finally:
-        os.environ['ML_DATA'] = previous or ''
 
 
 def test_short_flexmatch_run_learns(flexmatch_run):

@@ -4,7 +4,6 @@ Nothing here downloads: weights are none or files written into tmp_path."""
 import glob
 import json
 import os
-import shutil
 import sys
 
 import keras
@@ -20,6 +19,7 @@ from libml import settings as settings_lib
 from libml import state
 from libml import train
 from libml import utils
+from test_resume import train_again_until_killed
 from test_train import trained_state
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
@@ -242,20 +242,7 @@ def test_keras_application_trains_resumes_evaluates_exports(fashion_mnist, tmp_p
     straight = trainer.train()
     assert straight['step'] == 8
     expected = trained_state(trainer.run_dir)
-    for folder in ('tf', 'stats'):
-        shutil.rmtree(os.path.join(trainer.run_dir, folder))
-    trainer.checkpoints.checkpoint.read(initial).assert_existing_objects_matched()
-    trainer.checkpoints.latest = None
-    check = train.Trainer.check_finite
-
-    def stop_at_6(self):
-        check(self)
-        if int(self.step.numpy()) >= 6:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train.Trainer, 'check_finite', stop_at_6)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
-    monkeypatch.setattr(train.Trainer, 'check_finite', check)
+    train_again_until_killed(trainer, initial, 6, monkeypatch)
     assert trained_state(trainer.run_dir)['step/.ATTRIBUTES/VARIABLE_VALUE'] == 4
     resumed = trainer.train()
     actual = trained_state(trainer.run_dir)

@@ -141,6 +141,25 @@ ALGORITHMS = {
 }
 
 
+
+def train_again_until_killed(trainer, initial, stop, monkeypatch):
+    """Trains `trainer` again from its `initial` checkpoint (its run's tf/ and stats/ deleted) and stops it like a
+    kill (KeyboardInterrupt) after the training call that reaches step `stop`."""
+    for folder in ('tf', 'stats'):
+        shutil.rmtree(os.path.join(trainer.run_dir, folder))
+    trainer.checkpoints.checkpoint.read(initial).assert_existing_objects_matched()
+    trainer.checkpoints.latest = None
+    check = train.Trainer.check_finite
+
+    def stop_there(self):
+        check(self)
+        if int(self.step.numpy()) >= stop:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train.Trainer, 'check_finite', stop_there)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.setattr(train.Trainer, 'check_finite', check)
+
 def algorithm_class(path):
     module, name = path.split('.')
     try:
@@ -165,20 +184,7 @@ def test_stopped_and_resumed_run_equals_straight_run(case, tiny_data, tmp_path, 
     assert straight['step'] == 16
     expected, expected_live = trained_state(trainer.run_dir), live_state(trainer)
 
-    for folder in ('tf', 'stats'):
-        shutil.rmtree(os.path.join(trainer.run_dir, folder))
-    trainer.checkpoints.checkpoint.read(initial).assert_existing_objects_matched()
-    trainer.checkpoints.latest = None
-    check = train.Trainer.check_finite
-
-    def stop_at_10(self):
-        check(self)
-        if int(self.step.numpy()) >= 10:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train.Trainer, 'check_finite', stop_at_10)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
-    monkeypatch.setattr(train.Trainer, 'check_finite', check)
+    train_again_until_killed(trainer, initial, 10, monkeypatch)
     assert trained_state(trainer.run_dir)['step/.ATTRIBUTES/VARIABLE_VALUE'] == 8
     restored = []
     monkeypatch.setattr(trainer, 'restore', lambda: restored.append(train.Trainer.restore(trainer)) or restored[-1])

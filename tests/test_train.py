@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import fixmatch
 import fakes
-from conftest import ROOT
+from conftest import ROOT, ml_data
 from libml import models
 from libml import settings as settings_lib
 from libml import state
@@ -249,15 +249,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fashion
 def learned_run(fashion_mnist_root, tmp_path_factory):
     """One short FixMatch run (CTAugment strong views) on Fashion-MNIST with 250 labels, shared by the
     tests below."""
-    previous = os.environ.get('ML_DATA')
-    os.environ['ML_DATA'] = fashion_mnist_root
-    try:
+    with ml_data(fashion_mnist_root):
         yield fixmatch.FixMatch.run(
             dataset='fashion_mnist.1@250-1', train_dir=str(tmp_path_factory.mktemp('learn')), filters=16, repeat=1,
             batch=32, uratio=3, augment='d.d.cta', ema=0.99, bn_momentum=0.99, lr=0.03, train_kimg=10,
             report_kimg=5, save_kimg=5, xla=True, eval_size=2000)
-    finally:
-        os.environ['ML_DATA'] = previous or ''
 
 
 def test_short_fashion_mnist_run_learns(learned_run):
