@@ -16,8 +16,8 @@ imbalanced  USB's classic_cv_imb protocol (targets <base>_IMB_<gamma>_U<M1>_<gam
             gamma 100 with M1 = 3000 unlabeled at gamma_u = 100 (same profile) and -100 (reversed), and gamma =
             gamma_u = 150 (CIFAR-100: N1 150, M1 300, gammas 10, -10 and 15); WRN-28-2, batch 64, uratio 2,
             constant lr 0.03, 256 x 1024 steps (train_kimg 16384). Variants: supervised (fully_supervised.py on the
-            labeled split), FixMatch, +DARP, +CReST (6 generations), +CReST+, +ABC, +DASO (CIFAR-100 reversed:
-            --daso_T_dist=0.3, USB's config), +CADR. The paper command of one cell (CIFAR-10, gamma 100,
+            labeled split), FixMatch, +DARP, +CReST (6 generations of 4096 kimg: train_kimg 24576), +CReST+, +ABC,
+            +DASO (CIFAR-100 reversed: --daso_T_dist=0.3, USB's config), +CADR. The paper command of one cell (CIFAR-10, gamma 100,
             reversed unlabeled set, +DASO, seed 1):
               python fixmatch.py --dataset=cifar10_IMB_100_U3000_-100.1@1500-1 --lr=0.03 --lr_schedule=constant \
                 --train_kimg=16384 --uratio=2 --daso --nobaseline --train_dir=./experiments/paper_tables/imbalanced
@@ -42,9 +42,12 @@ TABLES = ('cadr', 'defixmatch', 'imbalanced')
 CADR_VARIANTS = (('FixMatch', ''), ('+CAP', '--CAP'), ('+CAI', '--CAI'), ('+CAP+CAI+CADR', '--CAP --CAI --CADR'))
 DEFIXMATCH_VARIANTS = (('complete case', '--sup_strong --wu=0'), ('FixMatch', '--sup_strong --wu=0.5'),
                        ('DeFixMatch', '--sup_strong --wu=0.5 --debiased'))
+# USB's fixmatch_crest configs: 6 generations of num_train_iter = 65,536 steps of 64 each (6 x 4096 kimg); the later
+# --train_kimg overrides the table's 16384 (--train_kimg is split over the generations here)
+CREST = '--crest=6 --train_kimg=24576'
 IMBALANCED_VARIANTS = (('supervised', 'fully_supervised.py', ''), ('FixMatch', 'fixmatch.py', ''),
-                       ('+DARP', 'fixmatch.py', '--darp'), ('+CReST', 'fixmatch.py', '--crest=6'),
-                       ('+CReST+', 'fixmatch.py', '--crest=6 --crest_plus'), ('+ABC', 'fixmatch.py', '--abc'),
+                       ('+DARP', 'fixmatch.py', '--darp'), ('+CReST', 'fixmatch.py', CREST),
+                       ('+CReST+', 'fixmatch.py', CREST + ' --crest_plus'), ('+ABC', 'fixmatch.py', '--abc'),
                        ('+DASO', 'fixmatch.py', '--daso'), ('+CADR', 'fixmatch.py', '--CAP --CAI --CADR'))
 IMBALANCED_SCHEDULE = '--lr=0.03 --lr_schedule=constant --train_kimg=16384'  # 256 x 1024 steps of 64
 

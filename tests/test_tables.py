@@ -99,7 +99,8 @@ def test_runner_dry_run_lists_every_experiment(tmp_path):
     assert all(paper in l and l.endswith('--local') for l in imbalanced)
     assert sum(l.startswith('python fully_supervised.py') and '--uratio' not in l for l in imbalanced) == 6
     variants = [l.split('--uratio=2 ')[1] for l in imbalanced if l.startswith('python fixmatch.py')]
-    for variant in ('', '--darp ', '--crest=6 ', '--crest=6 --crest_plus ', '--abc ', '--daso ', '--CAP --CAI --CADR '):
+    crest = '--crest=6 --train_kimg=24576 '  # USB: 6 generations of 65,536 steps of 64
+    for variant in ('', '--darp ', crest, crest + '--crest_plus ', '--abc ', '--daso ', '--CAP --CAI --CADR '):
         assert sum(rest.startswith(variant + '--nobaseline') for rest in variants) == 6, variant
     assert (f'python fixmatch.py --dataset=cifar10_IMB_100_U3000_-100.1@1500-1 {paper} --uratio=2 --daso --nobaseline '
             f'--train_dir={tmp_path}/imbalanced --local') in imbalanced
