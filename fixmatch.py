@@ -36,7 +36,9 @@ probability that an image of class k is labeled, w_i = (1/q_y_i) / mean_batch(1/
 Class-imbalanced add-ons (README, "Class-imbalanced add-ons"; the imbalanced protocol's targets
 <base>_IMB_<gamma>_U<M1>_<gamma_u>):
   --darp   pseudo-labels and mask from the DARP-refined rows of the unlabeled set (libml/darp.py);
-  --abc    an auxiliary class-balanced head on the pooled features, used for evaluation (libml/abc_head.py).
+  --abc    an auxiliary class-balanced head on the pooled features, used for evaluation (libml/abc_head.py);
+  --daso   pseudo-labels blended with the similarity to balanced feature prototypes (libml/daso.py);
+  --crest=G [--crest_plus]  G generations, each adding its class-rebalanced pseudo-labels (libml/crest.py).
   python fixmatch.py --dataset=cifar10_IMB_100_U3000_100.1@1500-1 --uratio=2 --lr_schedule=constant --abc
 
 The ablations of the reference's ablation/ folder (ab_fixmatch_*.py), as flags:
