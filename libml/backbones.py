@@ -55,6 +55,7 @@ import zipfile
 import keras
 import numpy as np
 
+from libml import models
 from libml.utils import UserError
 
 BUILTINS = ('wrn', 'resnet18', 'cnn13')
@@ -373,11 +374,7 @@ def wrap(backbone, shape, size, channels, scaling, dropout, nclass, name):
     else:
         raise UserError(f'the backbone {backbone.name} gives {len(features.shape)}-D features; it must give a feature '
                         f'map (N, h, w, F) or tokens (N, T, F)')
-    if dropout > 0:
-        pooled = keras.layers.Dropout(dropout, name='head_dropout')(pooled)
-    logits = keras.layers.Dense(nclass, kernel_initializer=keras.initializers.GlorotNormal(), dtype='float32',
-                                name='logits')(pooled)
-    return keras.Model(inputs, logits, name=f'{name}_classifier')
+    return keras.Model(inputs, models.dense_head(pooled, nclass, dropout), name=f'{name}_classifier')
 
 
 def check_user_model(model, nclass, shape, what):

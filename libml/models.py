@@ -90,11 +90,15 @@ def bn_lrelu(x, norm, name):
 
 def head(x, nclass, dropout, name='logits'):
     """Global average pool, optional dropout, float32 dense: (N, H, W, C) -> (N, nclass) float32."""
-    x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
+    return dense_head(keras.layers.GlobalAveragePooling2D(name='pool')(x), nclass, dropout, name)
+
+
+def dense_head(pooled, nclass, dropout, name='logits'):
+    """Optional dropout, then the float32 dense classifier: (N, F) pooled features -> (N, nclass) float32 logits."""
     if dropout > 0:
-        x = keras.layers.Dropout(dropout, name='head_dropout')(x)
+        pooled = keras.layers.Dropout(dropout, name='head_dropout')(pooled)
     return keras.layers.Dense(nclass, kernel_initializer=keras.initializers.GlorotNormal(),
-                              dtype='float32', name=name)(x)
+                              dtype='float32', name=name)(pooled)
 
 
 def auto_scales(shape):

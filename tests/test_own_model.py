@@ -20,7 +20,7 @@ from libml import settings as settings_lib
 from libml import state
 from libml import train
 from libml import utils
-from test_resume import train_again_until_killed
+from test_resume import op_determinism, train_again_until_killed  # noqa: F401 (op_determinism: a fixture)
 from test_train import trained_state
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
@@ -224,15 +224,6 @@ def test_failed_downloads_are_one_line_and_leave_no_run_directory(fashion_mnist,
 
 
 # ---------------------------------------------------------------------------------------------- training runs
-
-@pytest.fixture
-def op_determinism():
-    from tensorflow.python.framework import config
-    was = config.is_op_determinism_enabled()
-    yield
-    if not was:
-        config.disable_op_determinism()
-
 
 def test_keras_application_trains_resumes_evaluates_exports(fashion_mnist, tmp_path, monkeypatch, op_determinism):
     """keras:MobileNetV3Small: a straight run, then from the same start a run stopped at step 6 and resumed from its
