@@ -36,17 +36,6 @@ from libml import views  # noqa: E402
 from libml.settings import Param, at_least, in_range  # noqa: E402
 
 
-def updated_p_model(p_model, started, probs, momentum):
-    """The batch mean of probs (n, K) when `started` is 0, else the EMA step from p_model."""
-    mean = tf.reduce_mean(probs, 0)
-    return tf.where(started > 0, momentum * p_model + (1 - momentum) * mean, mean)
-
-
-def aligned(probs, p_target, p_model):
-    """SumNorm(p * (p_target + 1e-6) / (p_model + 1e-6)) per row."""
-    out = probs * (p_target + 1e-6) / (p_model + 1e-6)
-    return out / tf.reduce_sum(out, 1, keepdims=True)
-
 
 def relative_threshold(labeled_probs, tau):
     """c_tau = tau * mean over the labeled images of max_c p_l."""
@@ -106,15 +95,17 @@ def adamatch_loss(labels, logits_x, logits_weak, logits_strong, p_target, p_mode
     probs_x, probs_u = (tf.nn.softmax(tf.stop_gradient(logits)) for logits in (logits_x, logits_weak))
     every_x, every_u = gather(probs_x), gather(probs_u)
     p_target = ema_p * p_target + (1 - ema_p) * tf.reduce_mean(every_x, 0)
-    p_model = updated_p_model(p_model, started, every_u, ema_p)
+    p_model = losses.first_batch_ema(p_model, started, tf.reduce_mean(every_u, 0), ema_p)
     c_tau = relative_threshold(every_x, confidence)
     thresholds = c_tau * threshold_scale
 
     def term(weak, strong):
-        return pseudo_label_term(aligned(tf.nn.softmax(tf.stop_gradient(weak)), p_target, p_model), strong, thresholds)
+        aligned = losses.smoothed_alignment(tf.nn.softmax(tf.stop_gradient(weak)), p_target, p_model)
+        return pseudo_label_term(aligned, strong, thresholds)
 
     xe = means.labeled(losses.cross_entropy(labels, logits_x), labels)
-    h_unlabeled, mask = pseudo_label_term(aligned(probs_u, p_target, p_model), logits_strong, thresholds)
+    aligned_u = losses.smoothed_alignment(probs_u, p_target, p_model)
+    h_unlabeled, mask = pseudo_label_term(aligned_u, logits_strong, thresholds)
     unlabeled, xeu = means.unlabeled(h_unlabeled, labels, term)
     return xe + unlabeled, {keys.XE: xe, keys.XEU: xeu, keys.MASK: tf.reduce_mean(mask),
                             'monitors/c_tau': c_tau}, (p_target, p_model, tf.ones([]))

@@ -44,12 +44,6 @@ QUEUE = 32  # batch means of p in the distribution-alignment queue
 BANK_MOMENTUM = 0.7
 
 
-def uniform_aligned(probs, p_model):
-    """SumNorm(p * (1/K + 1e-6) / (p_model + 1e-6)) per row."""
-    out = probs * (1 / probs.shape[-1] + 1e-6) / (p_model + 1e-6)
-    return out / tf.reduce_sum(out, 1, keepdims=True)
-
-
 def similarity_targets(probs_w, emb_weak, bank, labels_bank, T=0.1, alpha=0.9):
     """(p~ = alpha p_w + (1-alpha) agg (n, K), unfolded t (n, n_l)) from the aligned p_w and the weak embeddings."""
     t0 = tf.nn.softmax(tf.matmul(emb_weak, bank) / T)
@@ -133,7 +127,8 @@ class SimMatch(train.Algorithm):
 def simmatch_terms(logits_weak, emb_weak, logits_strong, emb_strong, bank, labels_bank, p_model, confidence, started,
                    T=0.1, alpha=0.9):
     """(per-image masked H(p~, strong), per-image L_in (0 before `started`), mask) of one set of images."""
-    probs_w = uniform_aligned(tf.nn.softmax(tf.stop_gradient(logits_weak)), p_model)
+    probs_w = losses.smoothed_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), 1 / logits_weak.shape[-1],
+                                        p_model)
     combined, unfolded = similarity_targets(probs_w, tf.stop_gradient(emb_weak), bank, labels_bank, T, alpha)
     targets = tf.where(started, combined, probs_w)
     mask = losses.confidence_mask(targets, confidence)

@@ -34,17 +34,6 @@ from libml import views  # noqa: E402
 from libml.settings import Param, above, at_least, in_range  # noqa: E402
 
 
-def updated_p_model(p_model, started, probs, momentum):
-    """The batch mean of probs (n, K) when `started` is 0, else the EMA step from p_model."""
-    mean = tf.reduce_mean(probs, 0)
-    return tf.where(started > 0, momentum * p_model + (1 - momentum) * mean, mean)
-
-
-def uniform_alignment(probs, p_model):
-    """SumNorm(p * (1/K + 1e-6) / (p_model + 1e-6)) per row."""
-    aligned = probs * (1 / probs.shape[-1] + 1e-6) / (p_model + 1e-6)
-    return aligned / tf.reduce_sum(aligned, 1, keepdims=True)
-
 
 def updated_gaussian(mu, var, max_probs, momentum):
     """(mu, var) after one EMA step with the mean and the unbiased variance of max_probs (n,)."""
@@ -95,7 +84,8 @@ class SoftMatch(train.Algorithm):
 
 def softmatch_term(logits_weak, logits_strong, p_model, mu, var, n_sigma=2.):
     """(w_i H(argmax weak_i, strong_i) (n,), w (n,)), w the truncated-Gaussian weight of the aligned max p."""
-    aligned = uniform_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), p_model)
+    aligned = losses.smoothed_alignment(tf.nn.softmax(tf.stop_gradient(logits_weak)), 1 / logits_weak.shape[-1],
+                                        p_model)
     weights = truncated_gaussian_weights(tf.reduce_max(aligned, 1), mu, var, n_sigma)
     return weights * losses.cross_entropy(tf.argmax(logits_weak, 1), logits_strong), weights
 
@@ -110,8 +100,9 @@ def softmatch_loss(labels, logits_x, logits_weak, logits_strong, p_model, mu, va
     Returns (L, {losses/xe, losses/xeu, monitors/mask: mean w, monitors/mu}, (p_model, mu, var, started))."""
     means = means or losses.Means(wu)
     every = (gather or tf.identity)(tf.nn.softmax(tf.stop_gradient(logits_weak)))
-    p_model = updated_p_model(p_model, started, every, ema_p)
-    mu, var = updated_gaussian(mu, var, tf.reduce_max(uniform_alignment(every, p_model), 1), ema_p)
+    p_model = losses.first_batch_ema(p_model, started, tf.reduce_mean(every, 0), ema_p)
+    max_aligned = tf.reduce_max(losses.smoothed_alignment(every, 1 / every.shape[-1], p_model), 1)
+    mu, var = updated_gaussian(mu, var, max_aligned, ema_p)
 
     def term(weak, strong):
         return softmatch_term(weak, strong, p_model, mu, var, n_sigma)

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from libml import data as data_lib
+from libml import losses
 from libml import utils
 from libml.settings import Param, above, at_least
 
@@ -136,9 +137,8 @@ def progressive_target(proportions, t: float) -> np.ndarray:
 
 
 def align(probs, p_target, p_model):
-    """SumNorm_rows(p * (p_target + 1e-6) / (p_model + 1e-6))."""
-    aligned = probs * (p_target + SMOOTHING) / (p_model + SMOOTHING)
-    return aligned / tf.reduce_sum(aligned, -1, keepdims=True)
+    """SumNorm_rows(p * (p_target + 1e-6) / (p_model + 1e-6)): losses.smoothed_alignment."""
+    return losses.smoothed_alignment(probs, p_target, p_model, SMOOTHING)
 
 
 class Alignment:
@@ -161,8 +161,7 @@ class Alignment:
         """Updates p_model with the global batch's mean p (the first batch of the run sets it) and returns p~."""
         probs = tf.cast(tf.stop_gradient(probs), tf.float32)
         mean = tf.distribute.get_replica_context().all_reduce('MEAN', tf.reduce_mean(probs, 0))
-        self.p_model.assign(tf.where(self.started > 0, ALIGN_MOMENTUM * self.p_model + (1 - ALIGN_MOMENTUM) * mean,
-                                     mean))
+        self.p_model.assign(losses.first_batch_ema(self.p_model, self.started, mean, ALIGN_MOMENTUM))
         self.started.assign(1)
         return align(probs, self.target, self.p_model)
 

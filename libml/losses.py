@@ -179,6 +179,19 @@ def guess_label(probs_views, temperature):
     return sharpen(tf.add_n(list(probs_views)) / len(probs_views), temperature)
 
 
+def smoothed_alignment(probs, p_target, p_model, smoothing=1e-6):
+    """USB's distribution alignment: SumNorm(p (p_target + smoothing) / (p_model + smoothing)) per row; probs (N, K),
+    p_target (K,) or a scalar (1/K: the uniform target), p_model (K,)."""
+    aligned = probs * (p_target + smoothing) / (p_model + smoothing)
+    return aligned / tf.reduce_sum(aligned, -1, keepdims=True)
+
+
+def first_batch_ema(average, started, mean, momentum):
+    """`mean` (the batch mean, (K,)) when `started` is 0 (the first batch sets the average), else the EMA step
+    momentum * average + (1 - momentum) * mean."""
+    return tf.where(started > 0, momentum * average + (1 - momentum) * mean, mean)
+
+
 def distribution_alignment(probs, p_labeled, p_model):
     """ReMixMatch: normalize(p * p_labeled / p_model) per row; p (N, C), p_labeled and p_model (C,)."""
     aligned = probs * p_labeled / p_model

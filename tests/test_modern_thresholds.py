@@ -13,6 +13,7 @@ import freematch
 import simmatch
 import softmatch
 from libml import debias
+from libml import losses
 from libml import settings as settings_lib
 from libml import train
 from libml import utils
@@ -108,12 +109,12 @@ def test_freematch_loss_wires_the_rules():
 # ---- SoftMatch
 
 def test_softmatch_alignment_and_truncated_gaussian_by_hand():
-    first = softmatch.updated_p_model(t([1 / 3] * 3), t(0.), t(PROBS), 0.999).numpy()
+    first = losses.first_batch_ema(t([1 / 3] * 3), t(0.), tf.reduce_mean(t(PROBS), 0), 0.999).numpy()
     np.testing.assert_allclose(first, PROBS.mean(0), rtol=1e-6)  # the first batch's mean, not an EMA step
-    later = softmatch.updated_p_model(t([0.2, 0.3, 0.5]), t(1.), t(PROBS), 0.9).numpy()
+    later = losses.first_batch_ema(t([0.2, 0.3, 0.5]), t(1.), tf.reduce_mean(t(PROBS), 0), 0.9).numpy()
     np.testing.assert_allclose(later, 0.9 * np.array([0.2, 0.3, 0.5]) + 0.1 * PROBS.mean(0), rtol=1e-6)
     p_model = np.array([0.2, 0.3, 0.5])
-    aligned = softmatch.uniform_alignment(t(PROBS), t(p_model)).numpy()
+    aligned = losses.smoothed_alignment(t(PROBS), 1 / 3, t(p_model)).numpy()
     raw = PROBS * (1 / 3 + 1e-6) / (p_model + 1e-6)
     np.testing.assert_allclose(aligned, raw / raw.sum(1, keepdims=True), rtol=1e-5)
     # row 0: (0.7/0.2, 0.2/0.3, 0.1/0.5) = (3.5, 0.667, 0.2) / 4.367 -> 0.8015 (no second softmax)
@@ -155,7 +156,7 @@ def test_adamatch_relative_threshold_and_alignment_by_hand():
     c_tau = float(adamatch.relative_threshold(t(labeled), 0.95))
     assert c_tau == pytest.approx(0.95 * 0.85, rel=1e-6)
     p_target, p_model = np.array([0.5, 0.25, 0.25]), np.array([0.25, 0.25, 0.5])
-    aligned = adamatch.aligned(t(PROBS), t(p_target), t(p_model)).numpy()
+    aligned = losses.smoothed_alignment(t(PROBS), t(p_target), t(p_model)).numpy()
     raw = PROBS * np.array([2., 1., 0.5])  # (p_target + 1e-6) / (p_model + 1e-6)
     np.testing.assert_allclose(aligned, raw / raw.sum(1, keepdims=True), rtol=1e-5)
     # aligned max: 1.4/1.65 = 0.848, 0.8/1.05 = 0.762, 0.6/1.1 = 0.545, 0.45/0.6 = 0.75 vs c_tau 0.8075
